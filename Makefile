@@ -1,0 +1,40 @@
+# The README's two commands: `make demo` and `make test`. Both set themselves up.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint bench lock sandbox clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "healthie-sync needs Python 3.11 or newer")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/healthie-sync demo
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check app workers connectors sandbox
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+sandbox: $(STAMP)
+	$(BIN)/healthie-sync sandbox
+
+# Re-resolve pinned versions (run by a developer, never by CI): the lock is what fresh installs get.
+lock:
+	rm -rf /tmp/healthie-sync-lock && $(PYTHON) -m venv /tmp/healthie-sync-lock
+	/tmp/healthie-sync-lock/bin/pip install --quiet 'setuptools==80.9.0' && /tmp/healthie-sync-lock/bin/pip install --quiet -e '.[dev]'
+	/tmp/healthie-sync-lock/bin/pip freeze --all --exclude-editable | grep -v -e '^-e' -e '^pip==' > requirements.lock
+
+clean:
+	rm -rf $(VENV) .healthie-sync .pytest_cache .mypy_cache .ruff_cache

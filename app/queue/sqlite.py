@@ -1,0 +1,232 @@
+"""The embedded queue: Pub/Sub semantics on one SQLite file (or ``":memory:"`` for tests).
+
+Fan-out happens at publish time: one row per matching subscription, so each subscription keeps
+its own delivery state. A lease is a ``visible_at`` in the future plus a fresh ``ack_id``; an
+expired lease makes the message visible again, exactly like an ack deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from app.errors import ConfigurationError, QueueUnavailable
+from app.queue.base import Message, SubscriptionSpec
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS topics (name TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS subscriptions (
+  name TEXT PRIMARY KEY, topic TEXT NOT NULL, filter TEXT NOT NULL, ack_deadline REAL NOT NULL,
+  max_attempts INTEGER, dead_letter_topic TEXT, retention REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  subscription TEXT NOT NULL, message_id TEXT NOT NULL, data BLOB NOT NULL,
+  attributes TEXT NOT NULL, publish_time REAL NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0, visible_at REAL NOT NULL, ack_id TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_ready ON messages (subscription, visible_at, seq);
+CREATE INDEX IF NOT EXISTS messages_ack ON messages (ack_id);
+"""
+
+
+class SqliteQueue:
+    """A durable queue in one SQLite database; thread-safe within a process.
+
+    Several processes may share the file (SQLite's locking serializes writers); ``:memory:``
+    gives a private in-process queue for unit tests.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = str(path)
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            self._path, check_same_thread=False, isolation_level=None, timeout=30
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._subs_cache: dict[str, list[tuple[str, dict[str, str]]]] = {}
+
+    # -- administration -------------------------------------------------------------------
+    def ensure_topic(self, topic: str) -> None:
+        """Create ``topic`` if missing."""
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO topics(name) VALUES (?)", (topic,))
+
+    def ensure_subscription(self, spec: SubscriptionSpec) -> None:
+        """Create the subscription if missing; an existing one keeps its settings."""
+        with self._lock:
+            if not self._db.execute("SELECT 1 FROM topics WHERE name=?", (spec.topic,)).fetchone():
+                raise ConfigurationError(f"topic {spec.topic!r} does not exist")
+            self._db.execute(
+                "INSERT OR IGNORE INTO subscriptions VALUES (?,?,?,?,?,?,?)",
+                (
+                    spec.name,
+                    spec.topic,
+                    json.dumps(dict(spec.filter), sort_keys=True),
+                    spec.ack_deadline_seconds,
+                    spec.max_delivery_attempts,
+                    spec.dead_letter_topic,
+                    spec.retention_seconds,
+                ),
+            )
+            self._subs_cache.clear()
+
+    def _subscribers(self, topic: str) -> list[tuple[str, dict[str, str]]]:
+        cached = self._subs_cache.get(topic)
+        if cached is None:
+            if not self._db.execute("SELECT 1 FROM topics WHERE name=?", (topic,)).fetchone():
+                raise ConfigurationError(f"topic {topic!r} does not exist")
+            rows = self._db.execute(
+                "SELECT name, filter FROM subscriptions WHERE topic=? ORDER BY name", (topic,)
+            ).fetchall()
+            cached = [(name, json.loads(flt)) for name, flt in rows]
+            self._subs_cache[topic] = cached
+        return cached
+
+    # -- publishing -------------------------------------------------------------------------
+    def publish(
+        self, topic: str, data: bytes, attributes: Mapping[str, str] | None = None
+    ) -> str:
+        """Store the message for every matching subscription; returns its id."""
+        return self.publish_many(topic, [(data, attributes or {})])[0]
+
+    def publish_many(
+        self, topic: str, messages: Sequence[tuple[bytes, Mapping[str, str]]]
+    ) -> list[str]:
+        """Store all messages in one transaction; returns their ids in order."""
+        now = time.time()
+        ids: list[str] = []
+        with self._lock:
+            subscribers = self._subscribers(topic)
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                for data, attributes in messages:
+                    message_id = uuid.uuid4().hex
+                    ids.append(message_id)
+                    attrs = json.dumps(dict(attributes), sort_keys=True)
+                    for sub, flt in subscribers:
+                        if all(attributes.get(k) == v for k, v in flt.items()):
+                            self._db.execute(
+                                "INSERT INTO messages(subscription, message_id, data, attributes,"
+                                " publish_time, visible_at) VALUES (?,?,?,?,?,?)",
+                                (sub, message_id, bytes(data), attrs, now, now),
+                            )
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise QueueUnavailable(f"publish to {topic!r} failed: {exc}") from exc
+        return ids
+
+    def _rollback(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # no transaction was open
+
+    # -- consuming --------------------------------------------------------------------------
+    def pull(self, subscription: str, max_messages: int = 100) -> list[Message]:
+        """Lease up to ``max_messages`` visible messages, dead-lettering exhausted ones."""
+        now = time.time()
+        out: list[Message] = []
+        with self._lock:
+            sub = self._db.execute(
+                "SELECT ack_deadline, max_attempts, dead_letter_topic, retention"
+                " FROM subscriptions WHERE name=?",
+                (subscription,),
+            ).fetchone()
+            if sub is None:
+                raise ConfigurationError(f"subscription {subscription!r} does not exist")
+            deadline, max_attempts, dlq, retention = sub
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(
+                    "DELETE FROM messages WHERE subscription=? AND publish_time < ?",
+                    (subscription, now - retention),
+                )
+                rows = self._db.execute(
+                    "SELECT seq, message_id, data, attributes, publish_time, attempts"
+                    " FROM messages WHERE subscription=? AND visible_at <= ?"
+                    " ORDER BY seq LIMIT ?",
+                    (subscription, now, max_messages),
+                ).fetchall()
+                for seq, message_id, data, attrs, published, attempts in rows:
+                    if max_attempts and dlq and attempts >= max_attempts:
+                        self._forward_dead_letter(dlq, subscription, data, attrs, attempts, now)
+                        self._db.execute("DELETE FROM messages WHERE seq=?", (seq,))
+                        continue
+                    ack_id = f"{subscription}:{seq}:{uuid.uuid4().hex}"
+                    self._db.execute(
+                        "UPDATE messages SET attempts=?, visible_at=?, ack_id=? WHERE seq=?",
+                        (attempts + 1, now + deadline, ack_id, seq),
+                    )
+                    out.append(
+                        Message(
+                            message_id=message_id,
+                            data=bytes(data),
+                            attributes=json.loads(attrs),
+                            ack_id=ack_id,
+                            delivery_attempt=attempts + 1,
+                            publish_time=datetime.fromtimestamp(published, tz=UTC),
+                        )
+                    )
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise QueueUnavailable(f"pull from {subscription!r} failed: {exc}") from exc
+        return out
+
+    def _forward_dead_letter(
+        self, topic: str, source: str, data: bytes, attrs: str, attempts: int, now: float
+    ) -> None:
+        attributes = json.loads(attrs)
+        # Pub/Sub adds the same facts as CloudPubSubDeadLetterSourceSubscription & co.
+        attributes["dead_letter_source_subscription"] = source
+        attributes["dead_letter_delivery_attempts"] = str(attempts)
+        message_id = uuid.uuid4().hex
+        for sub, flt in self._subscribers(topic):
+            if all(attributes.get(k) == v for k, v in flt.items()):
+                self._db.execute(
+                    "INSERT INTO messages(subscription, message_id, data, attributes,"
+                    " publish_time, visible_at) VALUES (?,?,?,?,?,?)",
+                    (sub, message_id, data, json.dumps(attributes, sort_keys=True), now, now),
+                )
+
+    def ack(self, subscription: str, ack_ids: Sequence[str]) -> None:
+        """Delete the leased messages; unknown or expired ack ids are ignored (as in Pub/Sub)."""
+        with self._lock:
+            self._db.executemany(
+                "DELETE FROM messages WHERE subscription=? AND ack_id=?",
+                [(subscription, a) for a in ack_ids],
+            )
+
+    def nack(self, subscription: str, ack_ids: Sequence[str], delay_seconds: float = 0) -> None:
+        """Make the leased messages visible again after ``delay_seconds``."""
+        visible = time.time() + max(0.0, delay_seconds)
+        with self._lock:
+            self._db.executemany(
+                "UPDATE messages SET visible_at=?, ack_id=NULL WHERE subscription=? AND ack_id=?",
+                [(visible, subscription, a) for a in ack_ids],
+            )
+
+    def depth(self, subscription: str) -> int:
+        """Messages held for ``subscription`` (leased or not); for operators and tests."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM messages WHERE subscription=?", (subscription,)
+            ).fetchone()
+        return int(row[0])
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._db.close()

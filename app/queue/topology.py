@@ -1,0 +1,53 @@
+"""Names of the engine's topics and subscriptions, and the specs that create them."""
+
+from __future__ import annotations
+
+from app.models import Cadence
+from app.queue.base import Queue, SubscriptionSpec
+
+DIRTY_TOPIC = "dirty"
+WORK_TOPIC = "work"
+WORK_SUBSCRIPTION = "work"
+WORK_DLQ_TOPIC = "work-dlq"
+WORK_DLQ_SUBSCRIPTION = "work-dlq"
+
+# Long enough that a weekly cadence never loses a mark between flushes (Pub/Sub's maximum).
+DIRTY_RETENTION_SECONDS = 7 * 24 * 3600
+
+
+def dirty_subscription(cadence: Cadence) -> str:
+    """The subscription holding dirty marks of integrations on ``cadence``."""
+    return f"dirty-{cadence.value.replace('_', '-')}"
+
+
+def subscriptions(work_max_delivery_attempts: int = 5) -> list[SubscriptionSpec]:
+    """Every subscription the engine needs, per cadence for dirty marks."""
+    specs = [
+        SubscriptionSpec(
+            name=dirty_subscription(c),
+            topic=DIRTY_TOPIC,
+            filter={"cadence": c.value},
+            ack_deadline_seconds=600,
+            retention_seconds=DIRTY_RETENTION_SECONDS,
+        )
+        for c in Cadence
+    ]
+    specs.append(
+        SubscriptionSpec(
+            name=WORK_SUBSCRIPTION,
+            topic=WORK_TOPIC,
+            ack_deadline_seconds=300,
+            max_delivery_attempts=work_max_delivery_attempts,
+            dead_letter_topic=WORK_DLQ_TOPIC,
+        )
+    )
+    specs.append(SubscriptionSpec(name=WORK_DLQ_SUBSCRIPTION, topic=WORK_DLQ_TOPIC))
+    return specs
+
+
+def ensure_topology(queue: Queue, work_max_delivery_attempts: int = 5) -> None:
+    """Create every topic and subscription (idempotent; safe at every start-up)."""
+    for topic in (DIRTY_TOPIC, WORK_TOPIC, WORK_DLQ_TOPIC):
+        queue.ensure_topic(topic)
+    for spec in subscriptions(work_max_delivery_attempts):
+        queue.ensure_subscription(spec)

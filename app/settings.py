@@ -1,0 +1,39 @@
+"""Process-wide settings from the environment (``HEALTHIE_SYNC_*``), built in factories only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where the engine keeps its state and which backends it uses.
+
+    The defaults are the embedded ones: SQLite queue and state under ``data_dir``, secrets from
+    the environment. Production sets the ``pubsub``/``firestore``/``secret-manager`` backends.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="HEALTHIE_SYNC_", extra="ignore")
+
+    data_dir: Path = Path(".healthie-sync")
+    config_dir: Path = Path("config/integrations")
+    queue_backend: Literal["sqlite", "pubsub"] = "sqlite"
+    state_backend: Literal["sqlite", "firestore"] = "sqlite"
+    secrets_backend: Literal["env", "secret-manager"] = "env"
+    gcp_project: str | None = None
+    # Shared token for POST /flush/{cadence} on the local default; production uses OIDC.
+    flush_token: SecretStr | None = None
+    # Path Healthie called, when a proxy rewrites it before it reaches us ("{integration_id}").
+    public_webhook_path: str | None = None
+    max_webhook_body_bytes: int = Field(default=1_048_576, gt=0)
+    work_max_delivery_attempts: int = Field(default=5, ge=1, le=100)
+
+    @field_validator("flush_token")
+    @classmethod
+    def _no_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().lower() in {"", "changeme", "secret"}:
+            raise ValueError("flush_token is a placeholder; set a real random token")
+        return value

@@ -1,0 +1,1 @@
+"""Engine state behind one interface: SQLite by default (``sqlite``), Firestore in production."""

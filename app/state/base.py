@@ -1,0 +1,70 @@
+"""The state contract: what the engine remembers between runs, per integration and patient."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from app.models import RunRecord, WritePlan
+
+
+class PatientState(BaseModel):
+    """The last processed version of one patient for one integration."""
+
+    integration_id: str
+    patient_id: str
+    content_hash: str
+    entry: dict[str, Any]  # canonical entry, handed to the agent as ``previous``
+    plan: WritePlan | None = None
+    outcome: str  # "written", "skipped", "dead_lettered", ...
+    updated_at: datetime
+
+
+class AuditRecord(BaseModel):
+    """What was done for one work item, for operators (ids and counts only, never PHI)."""
+
+    integration_id: str
+    patient_id: str
+    run_id: str
+    at: datetime
+    outcome: str
+    operations: list[str] = []
+    detail: str = ""
+
+
+class StateStore(Protocol):
+    """Durable engine state."""
+
+    def get_patient(self, integration_id: str, patient_id: str) -> PatientState | None:
+        """The last processed state of the patient, or None before the first run."""
+        ...
+
+    def put_patient(self, state: PatientState) -> None:
+        """Record the patient's newly processed state (replaces the previous one)."""
+        ...
+
+    def save_run(self, run: RunRecord) -> None:
+        """Insert or update a run record."""
+        ...
+
+    def list_runs(self, integration_id: str | None = None, limit: int = 20) -> list[RunRecord]:
+        """Most recent runs first."""
+        ...
+
+    def get_watermark(self, integration_id: str, name: str) -> datetime | None:
+        """A named high-water mark (e.g. the missed-change sweep's last instant)."""
+        ...
+
+    def set_watermark(self, integration_id: str, name: str, value: datetime) -> None:
+        """Advance a named high-water mark."""
+        ...
+
+    def append_audit(self, record: AuditRecord) -> None:
+        """Append one audit record."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...

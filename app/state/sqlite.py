@@ -1,0 +1,121 @@
+"""SQLite state store: the embedded default, and with ``":memory:"`` the unit-test fake."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import datetime
+from pathlib import Path
+
+from app.models import RunRecord
+from app.state.base import AuditRecord, PatientState
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS patients (
+  integration_id TEXT NOT NULL, patient_id TEXT NOT NULL, body TEXT NOT NULL,
+  PRIMARY KEY (integration_id, patient_id)
+);
+CREATE TABLE IF NOT EXISTS runs (
+  run_id TEXT PRIMARY KEY, integration_id TEXT NOT NULL, started_at TEXT NOT NULL,
+  body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_integration ON runs (integration_id, started_at);
+CREATE TABLE IF NOT EXISTS watermarks (
+  integration_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL,
+  PRIMARY KEY (integration_id, name)
+);
+CREATE TABLE IF NOT EXISTS audit (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, integration_id TEXT NOT NULL, patient_id TEXT NOT NULL,
+  body TEXT NOT NULL
+);
+"""
+
+
+class SqliteStateStore:
+    """State in one SQLite file; thread-safe within a process."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = str(path)
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+
+    def get_patient(self, integration_id: str, patient_id: str) -> PatientState | None:
+        """The last processed state of the patient, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT body FROM patients WHERE integration_id=? AND patient_id=?",
+                (integration_id, patient_id),
+            ).fetchone()
+        return PatientState.model_validate_json(row[0]) if row else None
+
+    def put_patient(self, state: PatientState) -> None:
+        """Replace the patient's state."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO patients VALUES (?,?,?)",
+                (state.integration_id, state.patient_id, state.model_dump_json()),
+            )
+
+    def save_run(self, run: RunRecord) -> None:
+        """Insert or update ``run``."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO runs VALUES (?,?,?,?)",
+                (run.run_id, run.integration_id, run.started_at.isoformat(), run.model_dump_json()),
+            )
+
+    def list_runs(self, integration_id: str | None = None, limit: int = 20) -> list[RunRecord]:
+        """Most recent first."""
+        query = "SELECT body FROM runs"
+        params: tuple[object, ...] = ()
+        if integration_id:
+            query += " WHERE integration_id=?"
+            params = (integration_id,)
+        query += " ORDER BY started_at DESC LIMIT ?"
+        with self._lock:
+            rows = self._db.execute(query, (*params, limit)).fetchall()
+        return [RunRecord.model_validate_json(r[0]) for r in rows]
+
+    def get_watermark(self, integration_id: str, name: str) -> datetime | None:
+        """The stored mark, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT value FROM watermarks WHERE integration_id=? AND name=?",
+                (integration_id, name),
+            ).fetchone()
+        return datetime.fromisoformat(row[0]) if row else None
+
+    def set_watermark(self, integration_id: str, name: str, value: datetime) -> None:
+        """Store the mark."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO watermarks VALUES (?,?,?)",
+                (integration_id, name, value.isoformat()),
+            )
+
+    def append_audit(self, record: AuditRecord) -> None:
+        """Append one record."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO audit(integration_id, patient_id, body) VALUES (?,?,?)",
+                (record.integration_id, record.patient_id, record.model_dump_json()),
+            )
+
+    def list_audit(self, integration_id: str, patient_id: str | None = None) -> list[AuditRecord]:
+        """Audit records in the order they were written."""
+        query, params = "SELECT body FROM audit WHERE integration_id=?", [integration_id]
+        if patient_id:
+            query += " AND patient_id=?"
+            params.append(patient_id)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY seq", params).fetchall()
+        return [AuditRecord.model_validate_json(r[0]) for r in rows]
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()

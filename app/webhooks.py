@@ -1,0 +1,108 @@
+"""``POST /webhooks/healthie/{integration_id}``: verify, resolve, publish, answer.
+
+The handler never calls Healthie or the agent: it checks size, content type and signature,
+turns the event into dirty marks (``app.events``), publishes them through the queue with the
+integration and cadence as attributes, and answers 2xx only once the publish is confirmed.
+Status codes: 413 body too large, 415 not JSON, 401 bad or missing signature, 404 unknown
+integration (no hint about others), 400 malformed body, 503 publish failed (Healthie retries).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from app.errors import QueueUnavailable
+from app.events import WebhookPayload, resolve_event
+from app.queue.topology import DIRTY_TOPIC
+from app.runtime import Runtime
+from app.signature import verify_healthie_signature
+
+log = logging.getLogger(__name__)
+
+
+class WebhookAccepted(BaseModel):
+    """Body of a 2xx answer."""
+
+    status: str
+    marks: int
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise HTTPException(413 if declared.isdigit() else 400, "body too large or bad length")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, "body too large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def build_router(runtime: Runtime) -> APIRouter:
+    """The webhook route bound to ``runtime``."""
+    router = APIRouter()
+    stats = runtime.stats
+
+    @router.post("/webhooks/healthie/{integration_id}", status_code=202)
+    async def receive(integration_id: str, request: Request) -> WebhookAccepted:
+        integration = runtime.integrations.get(integration_id)
+        if integration is None:
+            stats.count("rejected_unknown_integration")
+            raise HTTPException(404, "not found")
+        content_type = request.headers.get("content-type", "")
+        if content_type.split(";")[0].strip().lower() != "application/json":
+            stats.count("rejected_content_type")
+            raise HTTPException(415, "content type must be application/json")
+        try:
+            body = await _read_limited(request, runtime.settings.max_webhook_body_bytes)
+        except HTTPException:
+            stats.count("rejected_size")
+            raise
+        path = request.url.path
+        if runtime.settings.public_webhook_path:
+            path = runtime.settings.public_webhook_path.format(integration_id=integration_id)
+        if not verify_healthie_signature(
+            secrets=runtime.webhook_secrets(integration_id),
+            method=request.method,
+            path=path,
+            query=request.url.query,
+            headers=request.headers,
+            body=body,
+        ):
+            stats.count("rejected_signature")
+            log.warning("webhook rejected: bad signature (integration=%s)", integration_id)
+            raise HTTPException(401, "invalid signature")
+        try:
+            payload = WebhookPayload.model_validate(json.loads(body))
+        except (ValueError, ValidationError):
+            stats.count("rejected_malformed")
+            raise HTTPException(400, "malformed webhook body") from None
+        marks = resolve_event(
+            integration_id,
+            payload,
+            datetime.now(UTC),
+            frozenset(integration.events or ()),
+        )
+        if not marks:
+            stats.count("ignored" if marks is None else "excluded", payload.event_type)
+            return WebhookAccepted(status="ignored", marks=0)
+        attributes = {"integration": integration_id, "cadence": integration.cadence.value}
+        messages = [(m.model_dump_json().encode(), attributes) for m in marks]
+        try:
+            await run_in_threadpool(runtime.queue.publish_many, DIRTY_TOPIC, messages)
+        except QueueUnavailable:
+            stats.count("publish_failed", payload.event_type)
+            log.exception("webhook publish failed (integration=%s)", integration_id)
+            raise HTTPException(503, "temporarily unavailable") from None
+        stats.count("accepted", payload.event_type)
+        return WebhookAccepted(status="accepted", marks=len(marks))
+
+    return router

@@ -1,0 +1,168 @@
+"""Pull work items and map every outcome to ack, nack or dead-letter, in exactly one place.
+
+=================  ===========================================================
+error kind          what happens to the work item
+=================  ===========================================================
+(none)              ack; counts ``processed`` or ``skipped_unchanged``
+SkippableError      ack, recorded in the audit log
+RetriableError      nack with back-off; dead-lettered with the reason once the
+                    item has used its delivery attempts
+FatalError          dead-lettered now with the reason
+ConfigurationError  nack (kept), and the loop stops: nothing will work until fixed
+anything else       treated as retriable (a bug must not lose work), logged
+=================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from pydantic import ValidationError
+
+from app.errors import (
+    ConfigurationError,
+    FatalError,
+    HealthieSyncError,
+    RetriableError,
+    SkippableError,
+)
+from app.models import Counts, WorkItem
+from app.queue.base import Message
+from app.queue.topology import WORK_DLQ_TOPIC, WORK_SUBSCRIPTION
+from app.runtime import Runtime
+from app.state.base import AuditRecord
+from workers.processor import fetch_entries, process_item
+
+log = logging.getLogger(__name__)
+
+
+class WorkerStopped(Exception):
+    """The loop stopped on a configuration error; the message says which."""
+
+
+def _backoff(attempt: int, retry_after: float | None) -> float:
+    return max(retry_after or 0.0, min(300.0, 2.0 ** min(attempt, 8)))
+
+
+def _dead_letter(runtime: Runtime, message: Message, kind: str, reason: str) -> None:
+    attributes = dict(message.attributes)
+    attributes.update(
+        {
+            "error_kind": kind,
+            "error": reason[:500],
+            "delivery_attempt": str(message.delivery_attempt),
+            "dead_lettered_at": datetime.now(UTC).isoformat(),
+        }
+    )
+    runtime.queue.publish(WORK_DLQ_TOPIC, message.data, attributes)
+
+
+def process_batch(runtime: Runtime, messages: list[Message]) -> Counts:
+    """Process one pulled batch; every message is acked, nacked or dead-lettered."""
+    counts = Counts()
+    queue = runtime.queue
+    max_attempts = runtime.settings.work_max_delivery_attempts
+    items: list[tuple[Message, WorkItem]] = []
+    for message in messages:
+        try:
+            items.append((message, WorkItem.model_validate_json(message.data)))
+        except ValidationError:
+            _dead_letter(runtime, message, "invalid_message", "work item does not decode")
+            queue.ack(WORK_SUBSCRIPTION, [message.ack_id])
+            counts.dead_lettered += 1
+    if not items:
+        return counts
+    try:
+        entries = fetch_entries(runtime, [item for _, item in items])
+    except HealthieSyncError as exc:
+        for message, item in items:
+            _settle(runtime, message, item, exc, counts, max_attempts)
+        if isinstance(exc, ConfigurationError):
+            raise WorkerStopped(str(exc)) from exc
+        return counts
+    stop: ConfigurationError | None = None
+    for message, item in items:
+        try:
+            result = process_item(runtime, item, entries.get((item.integration_id, item.patient_id)))
+        except Exception as exc:  # noqa: BLE001 - every failure is classified in _settle
+            _settle(runtime, message, item, exc, counts, max_attempts)
+            if isinstance(exc, ConfigurationError):
+                stop = exc
+            continue
+        queue.ack(WORK_SUBSCRIPTION, [message.ack_id])
+        if result.outcome == "unchanged":
+            counts.skipped_unchanged += 1
+        else:
+            counts.processed += 1
+            counts.writes += result.writes
+    if stop is not None:
+        raise WorkerStopped(str(stop)) from stop
+    return counts
+
+
+def _settle(
+    runtime: Runtime,
+    message: Message,
+    item: WorkItem,
+    exc: Exception,
+    counts: Counts,
+    max_attempts: int,
+) -> None:
+    queue = runtime.queue
+    kind = exc.kind if isinstance(exc, HealthieSyncError) else "unexpected"
+    # Error texts are built from ids only (see app.errors); still, never log payloads here.
+    reason = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, SkippableError):
+        runtime.state.append_audit(
+            AuditRecord(
+                integration_id=item.integration_id,
+                patient_id=item.patient_id,
+                run_id=item.flush_id,
+                at=datetime.now(UTC),
+                outcome=f"skipped:{kind}",
+                detail=reason[:300],
+            )
+        )
+        queue.ack(WORK_SUBSCRIPTION, [message.ack_id])
+        return
+    if isinstance(exc, FatalError) or (
+        not isinstance(exc, ConfigurationError) and message.delivery_attempt >= max_attempts
+    ):
+        _dead_letter(runtime, message, kind, reason)
+        queue.ack(WORK_SUBSCRIPTION, [message.ack_id])
+        counts.dead_lettered += 1
+        log.error("work item dead-lettered (integration=%s patient=%s kind=%s)",
+                  item.integration_id, item.patient_id, kind)
+        return
+    retry_after = exc.retry_after if isinstance(exc, RetriableError) else None
+    if not isinstance(exc, HealthieSyncError):
+        log.exception("unexpected failure (integration=%s patient=%s)",
+                      item.integration_id, item.patient_id)
+    queue.nack(WORK_SUBSCRIPTION, [message.ack_id], _backoff(message.delivery_attempt, retry_after))
+
+
+def drain(
+    runtime: Runtime,
+    *,
+    batch_size: int = 50,
+    on_batch: Callable[[Counts], None] | None = None,
+    idle_timeout: float = 0.0,
+) -> Counts:
+    """Process work until the subscription has nothing visible for ``idle_timeout`` seconds."""
+    total = Counts()
+    idle_since = time.monotonic()
+    while True:
+        messages = runtime.queue.pull(WORK_SUBSCRIPTION, batch_size)
+        if not messages:
+            if time.monotonic() - idle_since >= idle_timeout:
+                return total
+            time.sleep(0.05)
+            continue
+        idle_since = time.monotonic()
+        counts = process_batch(runtime, messages)
+        total = total.add(counts)
+        if on_batch is not None:
+            on_batch(counts)
