@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Annotated
 
 import typer
 
@@ -46,7 +47,7 @@ def serve(
 
 
 @cli.command()
-def flush(cadence: Cadence = typer.Argument(..., help="Which cadence to flush.")) -> None:
+def flush(cadence: Annotated[Cadence, typer.Argument(help="Which cadence to flush.")]) -> None:
     """Flush one cadence's dirty marks into work items, then process them."""
     from app.runtime import build_runtime
     from app.settings import Settings

@@ -68,7 +68,7 @@ class WebhookPayload(BaseModel):
             return str(value)
         return value
 
-    def extra(self, key: str) -> str | None:
+    def extra_id(self, key: str) -> str | None:
         """An extra payload field (``user_id``, ``source_user_id``...) as a string id."""
         value = (self.model_extra or {}).get(key)
         if isinstance(value, bool) or value is None:
@@ -102,21 +102,21 @@ def resolve_event(
     if event in PATIENT_EVENTS:
         return [mark(SubjectKind.PATIENT, payload.resource_id)]
     if event == "patient.merged":
-        destination = payload.extra("destination_user_id") or payload.resource_id
+        destination = payload.extra_id("destination_user_id") or payload.resource_id
         marks = [mark(SubjectKind.PATIENT, destination)]
-        source = payload.extra("source_user_id")
+        source = payload.extra_id("source_user_id")
         if source and source != destination:
             marks.append(mark(SubjectKind.PATIENT, source, merged_into=destination))
         return marks
     if event in APPLIED_TAG_EVENTS:
-        user_id = payload.extra("user_id")
+        user_id = payload.extra_id("user_id")
         if user_id:
             return [mark(SubjectKind.PATIENT, user_id)]
         return [mark(SubjectKind.APPLIED_TAG, payload.resource_id)]
     if event in APPOINTMENT_EVENTS:
         return [mark(SubjectKind.APPOINTMENT, payload.resource_id)]
     if event in DEFAULT_PATIENT_SCOPED or event in extra_events:
-        user_id = payload.extra("user_id") or payload.extra("patient_id")
+        user_id = payload.extra_id("user_id") or payload.extra_id("patient_id")
         if user_id:
             return [mark(SubjectKind.PATIENT, user_id)]
         if payload.resource_id_type == "User":

@@ -103,10 +103,10 @@ class Runtime:
 
         built = self._connectors.get(integration.id)
         if built is None:
-            built = {
-                t.name: build_connector(t, {k: self.secrets.get(v) for k, v in t.credentials.items()})
-                for t in integration.targets
-            }
+            built = {}
+            for target in integration.targets:
+                credentials = {k: self.secrets.get(v) for k, v in target.credentials.items()}
+                built[target.name] = build_connector(target, credentials)
             self._connectors[integration.id] = built
         return built
 

@@ -7,6 +7,7 @@ from unchecked input.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from pathlib import Path
@@ -57,8 +58,6 @@ class SqliteConnector(Connector):
         self._columns: dict[str, set[str]] = {}
 
     def _ensure(self, table: str, columns: list[str]) -> None:
-        import re
-
         for column in columns:
             if not re.match(IDENTIFIER, column):
                 raise TargetRejected(f"invalid column name {column!r} for table {table!r}")
@@ -82,21 +81,18 @@ class SqliteConnector(Connector):
         try:
             with self._lock:
                 self._ensure(args.table, columns)
-                quoted = ", ".join(f'"{c}"' for c in columns)
-                current = self._db.execute(
-                    f'SELECT patient_id{", " + quoted if columns else ""} FROM "{args.table}" '
-                    "WHERE key=?",
-                    (args.key,),
-                ).fetchone()
+                # Identifiers were checked against IDENTIFIER; values are always bound.
+                cols = "".join(f', "{c}"' for c in columns)
+                select = f'SELECT patient_id{cols} FROM "{args.table}" WHERE key=?'  # noqa: S608
+                current = self._db.execute(select, (args.key,)).fetchone()
                 if current is not None and current[0] != args.patient_id:
                     raise TargetRejected(f"row {args.table}/{args.key} belongs to another patient")
                 if current is not None and list(current[1:]) == values:
                     return WriteResult(self.name, "upsert_row", args.key, changed=False)
                 placeholders = ", ".join("?" for _ in range(len(columns) + 2))
+                insert = f'INSERT OR REPLACE INTO "{args.table}" (key, patient_id{cols}) '
                 self._db.execute(
-                    f'INSERT OR REPLACE INTO "{args.table}" '
-                    f'(key, patient_id{", " + quoted if columns else ""}) VALUES ({placeholders})',
-                    [args.key, args.patient_id, *values],
+                    insert + f"VALUES ({placeholders})", [args.key, args.patient_id, *values]
                 )
         except sqlite3.OperationalError as exc:
             raise UpstreamUnavailable(f"sqlite target {self.name} busy: {exc}") from exc
@@ -106,10 +102,8 @@ class SqliteConnector(Connector):
         """Delete the row of this patient, if present."""
         with self._lock:
             self._ensure(args.table, [])
-            cursor = self._db.execute(
-                f'DELETE FROM "{args.table}" WHERE key=? AND patient_id=?',
-                (args.key, args.patient_id),
-            )
+            delete = f'DELETE FROM "{args.table}" WHERE key=? AND patient_id=?'  # noqa: S608
+            cursor = self._db.execute(delete, (args.key, args.patient_id))
         return WriteResult(self.name, "delete_row", args.key, changed=cursor.rowcount > 0)
 
     def close(self) -> None:

@@ -75,7 +75,8 @@ def test_appointment_gone_since_previous_is_deleted(agent):
                             content_hash=before.content_hash, entry=before.data,
                             outcome="written", updated_at=datetime.now(UTC))
     now = entry(appointments=[])
-    ops = [(o.operation, o.args["key"]) for o in agent.decide(INTEGRATION, now, previous).operations]
+    plan = agent.decide(INTEGRATION, now, previous)
+    ops = [(o.operation, o.args["key"]) for o in plan.operations]
     assert ("delete_row", "100") in ops
 
 

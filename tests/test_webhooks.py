@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 
 from app.errors import QueueUnavailable
 from app.main import create_app
-from app.queue.topology import dirty_subscription
 from app.models import Cadence
+from app.queue.topology import dirty_subscription
 from tests.helpers import demo_runtime
 
 PATH = "/webhooks/healthie/demo-clinic"

@@ -54,7 +54,7 @@ def flush(runtime: Runtime, cadence: Cadence, *, chunk_size: int = 1000) -> Flus
                 marks.append(DirtyMark.model_validate_json(message.data))
             except ValidationError:
                 result.invalid_marks += 1
-                log.error("dropping undecodable dirty mark %s", message.message_id)
+                log.warning("dropping undecodable dirty mark %s", message.message_id)
         result.marks += len(marks)
         items = _resolve(runtime, marks, flush_id, published, result)
         for integration_id in {m.integration_id for m in marks}:

@@ -86,7 +86,8 @@ def process_batch(runtime: Runtime, messages: list[Message]) -> Counts:
     stop: ConfigurationError | None = None
     for message, item in items:
         try:
-            result = process_item(runtime, item, entries.get((item.integration_id, item.patient_id)))
+            raw = entries.get((item.integration_id, item.patient_id))
+            result = process_item(runtime, item, raw)
         except Exception as exc:  # noqa: BLE001 - every failure is classified in _settle
             _settle(runtime, message, item, exc, counts, max_attempts)
             if isinstance(exc, ConfigurationError):

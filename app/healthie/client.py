@@ -117,7 +117,7 @@ class HealthieClient:
             kwargs["transport"] = http_transport
         self._transport = HTTPXTransport(url=url, **kwargs)
         self._client = Client(transport=self._transport, fetch_schema_from_transport=False)
-        self._session = self._client.connect_sync()
+        self._session = self._client.connect_sync()  # type: ignore[no-untyped-call]
         key_id = hashlib.sha256(api_key.encode()).hexdigest()[:16]  # never the key itself
         self.bucket: TokenBucket = bucket_for(key_id, rate_limit)
         self.batch_size = batch_size
@@ -131,7 +131,7 @@ class HealthieClient:
 
     def close(self) -> None:
         """Close the HTTP connections."""
-        self._client.close_sync()
+        self._client.close_sync()  # type: ignore[no-untyped-call]
 
     # -- raw execution -------------------------------------------------------------------
     def execute(self, request: GraphQLRequest, variables: dict[str, Any]) -> dict[str, Any]:
