@@ -56,7 +56,7 @@ def run_demo(*, patients: int = 200, changes: int = 30, seed: int = 7, reset: bo
         console.print(f"[bold]healthie-sync demo[/]: {patients} synthetic patients, seed {seed}")
         sandbox = Sandbox(patients=patients, seed=seed, http_client=http)
         with serve_in_thread(create_sandbox_app(sandbox)) as sandbox_url:
-            console.print(f"  sandbox Healthie at {sandbox_url}/graphql")
+            console.print(f"  sandbox Healthie at {sandbox_url}/graphql", soft_wrap=True)
             runtime = _runtime(data, sandbox_url, sandbox.api_key, sandbox.webhook_secret)
             try:
                 return _run(runtime, sandbox, changes, seed, http, console)
@@ -101,7 +101,7 @@ def _run(runtime: Runtime, sandbox: object, changes: int, seed: int, http: httpx
     with serve_in_thread(create_app(runtime)) as engine_url:
         hook_url = f"{engine_url}/webhooks/healthie/{integration.id}"
         sandbox.register_webhook(hook_url)  # type: ignore[attr-defined]
-        console.print(f"  engine webhook receiver at {hook_url}")
+        console.print(f"  engine webhook receiver at {hook_url}", soft_wrap=True)
         made = sandbox.apply_random_changes(changes, seed=seed)  # type: ignore[attr-defined]
         console.print(f"  changed {len(made)} records in the sandbox; webhooks sent")
         forged = http.post(

@@ -118,3 +118,18 @@ def test_resolve_appointments_collects_owner_and_attendees():
             "a1": None}})
 
     assert make(handler).resolve_appointments(["7", "8"]) == {"7": ["1", "2"], "8": []}
+
+
+def test_api_warnings_are_logged_once_each(caplog):
+    warning = {"code": "API_VERSION_SUNSET_WARNING", "message": "upgrade"}
+
+    def handler(request):
+        return httpx2.Response(200, json={"data": {"p0": {"id": "1"}},
+                                          "extensions": {"warnings": [warning]}})
+
+    client = make(handler)
+    with caplog.at_level("WARNING", logger="app.healthie.client"):
+        client.fetch_entries(["1"])
+        client.fetch_entries(["1"])
+    assert [r.getMessage() for r in caplog.records] == [
+        "Healthie API warning API_VERSION_SUNSET_WARNING: upgrade"]

@@ -50,8 +50,9 @@ def agent() -> PlanAgent:
 def test_demo_plan_maps_the_patient_and_appointments(agent):
     plan = agent.decide(INTEGRATION, entry(), None)
     ops = [(o.operation, o.args["table"], o.args["key"]) for o in plan.operations]
-    assert ops == [("upsert_row", "patients", "42"), ("upsert_row", "appointments", "100"),
-                   ("delete_row", "appointments", "101")]
+    assert ops == [("upsert_row", "patients", "42"), ("upsert_row", "appointments", "42:100"),
+                   ("delete_row", "appointments", "42:101")]
+    assert plan.operations[1].args["values"]["appointment_id"] == "100"
     values = plan.operations[0].args["values"]
     assert values == {
         "first_name": "Zoë", "last_name": "Núñez", "email": "zoe@example.com",
@@ -77,7 +78,7 @@ def test_appointment_gone_since_previous_is_deleted(agent):
     now = entry(appointments=[])
     plan = agent.decide(INTEGRATION, now, previous)
     ops = [(o.operation, o.args["key"]) for o in plan.operations]
-    assert ("delete_row", "100") in ops
+    assert ("delete_row", "42:100") in ops
 
 
 def test_validation_refuses_other_patients_targets_and_bad_args():

@@ -122,6 +122,7 @@ class HealthieClient:
         self.bucket: TokenBucket = bucket_for(key_id, rate_limit)
         self.batch_size = batch_size
         self.requests_sent = 0
+        self.warnings_seen: set[str] = set()
         self._retrying = Retrying(
             retry=retry_if_exception_type(RetriableError),
             stop=stop_after_attempt(max_attempts),
@@ -200,11 +201,18 @@ class HealthieClient:
         first = str(errors[0].get("message", "")) if errors else str(exc)
         raise InvalidResponse(f"Healthie GraphQL error: {first[:200]}") from exc
 
-    @staticmethod
-    def _log_warnings(extensions: Any) -> None:
-        if isinstance(extensions, dict) and extensions.get("warnings"):
-            for warning in extensions["warnings"]:
-                log.warning("Healthie API warning: %s", str(warning)[:300])
+    def _log_warnings(self, extensions: Any) -> None:
+        # Healthie repeats deprecation warnings on every response; say each one once.
+        if not isinstance(extensions, dict) or not isinstance(extensions.get("warnings"), list):
+            return
+        for warning in extensions["warnings"]:
+            code = warning.get("code") if isinstance(warning, dict) else None
+            key = str(code or warning)[:300]
+            if key in self.warnings_seen:
+                continue
+            self.warnings_seen.add(key)
+            message = warning.get("message", "") if isinstance(warning, dict) else warning
+            log.warning("Healthie API warning %s: %s", code or "", str(message)[:300])
 
     # -- batched reads ---------------------------------------------------------------------
     def fetch_entries(self, patient_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
