@@ -70,7 +70,7 @@ def sandbox(
     port: int = typer.Option(8765, help="Port on 127.0.0.1."),
 ) -> None:
     """Run the local Healthie sandbox standalone; prints its URL and webhook secret."""
-    from sandbox.standalone import run_standalone
+    from sandbox.cli import run_standalone
 
     run_standalone(patients=patients, seed=seed, port=port)
 

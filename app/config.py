@@ -33,7 +33,8 @@ class HealthieConfig(BaseModel):
     webhook_secrets: list[str] = Field(min_length=1)  # several during a rotation
     shard_id_secret: str | None = None
     api_version: str = DEFAULT_API_VERSION
-    batch_size: int = Field(default=25, ge=1, le=100)
+    # ~100 complexity points per entry against Healthie's cap of 2000 per request (issue 4 estimates).
+    batch_size: int = Field(default=15, ge=1, le=100)
 
     def url(self) -> str:
         """The GraphQL endpoint this integration talks to."""

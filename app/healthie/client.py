@@ -103,7 +103,7 @@ class HealthieClient:
         timeout: float = 30.0,
         rate_limit: float = 250.0,
         max_attempts: int = 5,
-        batch_size: int = 25,
+        batch_size: int = 15,
     ) -> None:
         headers = {
             "Authorization": f"Basic {api_key}",

@@ -1,0 +1,16 @@
+"""A local stand-in for Healthie's GraphQL API.
+
+The pieces, following the data:
+
+* :mod:`sandbox.subset` generates ``schema.graphql``, the slice of Healthie's schema the
+  engine and the sandbox use (a contract test keeps it identical to the real one);
+* :mod:`sandbox.org` (with :mod:`sandbox.generate`, :mod:`sandbox.names`) builds a
+  deterministic synthetic organization;
+* :mod:`sandbox.core` holds it with a clock, credentials and counters; every change goes
+  through :mod:`sandbox.changes` and emits webhooks through :mod:`sandbox.webhooks`, signed
+  by :mod:`sandbox.signing`;
+* :mod:`sandbox.server` serves GraphQL over HTTP (:mod:`sandbox.resolvers`,
+  :mod:`sandbox.mutations`), with Healthie's auth, version, rate-limit and complexity rules
+  and the optional failures of :mod:`sandbox.faults`;
+* :mod:`sandbox.cli` runs it standalone.
+"""
