@@ -33,7 +33,7 @@ class HealthieConfig(BaseModel):
     webhook_secrets: list[str] = Field(min_length=1)  # several during a rotation
     shard_id_secret: str | None = None
     api_version: str = DEFAULT_API_VERSION
-    # ~100 complexity points per entry against Healthie's cap of 2000 per request (issue 4 estimates).
+    # ~100 complexity points per entry; Healthie caps a request at 2000 (issue 4 estimates).
     batch_size: int = Field(default=15, ge=1, le=100)
 
     def url(self) -> str:

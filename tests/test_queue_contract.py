@@ -1,80 +1,365 @@
-"""The queue contract, run against every backend (the Pub/Sub emulator joins in issue 5)."""
+"""The queue contract, run against every backend: SQLite (memory and file) and the Pub/Sub emulator.
+
+Every backend gets the same subscription specs. Where Pub/Sub's limits change the outcome
+(ack deadline at least 10 s, at least 5 delivery attempts, delivery counts only with a
+dead-letter policy, its own dead-letter attribute names), the expectation is a per-backend fact
+in ``Env`` rather than a weaker assertion. Names carry a per-test suffix because the tests share
+one emulator.
+"""
 
 from __future__ import annotations
 
+import socket
 import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.queue.base import SubscriptionSpec
+from app.errors import ConfigurationError, QueueUnavailable
+from app.queue.base import Message, Queue, SubscriptionSpec
+from app.queue.pubsub import PubSubQueue, filter_expression
 from app.queue.sqlite import SqliteQueue
+from tests.pubsub_emulator import PROJECT, pubsub_emulator  # noqa: F401 - the fixture
+
+REQUESTED_LEASE = 1  # seconds; Pub/Sub raises it to 10
+REQUESTED_ATTEMPTS = 2  # Pub/Sub raises it to 5
 
 
-@pytest.fixture(params=["sqlite-memory", "sqlite-file"])
-def queue(request, tmp_path):
-    q = SqliteQueue(":memory:" if request.param == "sqlite-memory" else tmp_path / "q.db")
-    q.ensure_topic("t")
-    q.ensure_topic("dlq")
-    q.ensure_subscription(SubscriptionSpec(name="dlq", topic="dlq"))
-    q.ensure_subscription(SubscriptionSpec(name="all", topic="t", ack_deadline_seconds=1,
-                                           max_delivery_attempts=2, dead_letter_topic="dlq"))
-    q.ensure_subscription(SubscriptionSpec(name="daily", topic="t", filter={"cadence": "daily"}))
-    yield q
-    q.close()
+@dataclass(frozen=True)
+class Env:
+    """A queue with topic ``topic`` → subscriptions ``all`` (lease, dead letters) and ``daily``
+    (filtered), and ``dlq_topic`` → ``dlq``; plus what this backend makes of those specs."""
+
+    queue: Queue
+    backend: str
+    suffix: str
+    lease_seconds: int  # effective ack deadline of ``all``
+    max_attempts: int  # effective deliveries of ``all`` before dead-lettering
+    counts_without_dead_letter_policy: bool  # does ``daily`` report delivery_attempt > 1?
+    dead_letter_source_key: str  # attribute naming the source subscription on a dead letter
+
+    def name(self, base: str) -> str:
+        return f"{base}-{self.suffix}"
+
+    @property
+    def topic(self) -> str:
+        return self.name("t")
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.name("dlq-t")
+
+    @property
+    def all(self) -> str:
+        return self.name("all")
+
+    @property
+    def daily(self) -> str:
+        return self.name("daily")
+
+    @property
+    def dlq(self) -> str:
+        return self.name("dlq")
 
 
-def test_publish_fans_out_by_filter_and_ack_removes(queue):
-    queue.publish("t", b"a", {"cadence": "daily"})
-    queue.publish("t", b"b", {"cadence": "hourly"})
-    assert sorted(m.data for m in queue.pull("all")) == [b"a", b"b"]
-    daily = queue.pull("daily")
+@pytest.fixture(params=["sqlite-memory", "sqlite-file", pytest.param("pubsub", marks=pytest.mark.pubsub)])
+def env(request: pytest.FixtureRequest, tmp_path) -> Iterator[Env]:
+    suffix = uuid.uuid4().hex[:10]
+    queue: Queue
+    if request.param == "pubsub":
+        request.getfixturevalue("pubsub_emulator")
+        queue = PubSubQueue(project=PROJECT, publish_timeout=10.0)
+        facts = dict(lease_seconds=10, max_attempts=5, counts_without_dead_letter_policy=False,
+                     dead_letter_source_key="CloudPubSubDeadLetterSourceSubscription")
+    else:
+        queue = SqliteQueue(":memory:" if request.param == "sqlite-memory" else tmp_path / "q.db")
+        facts = dict(lease_seconds=REQUESTED_LEASE, max_attempts=REQUESTED_ATTEMPTS,
+                     counts_without_dead_letter_policy=True,
+                     dead_letter_source_key="dead_letter_source_subscription")
+    e = Env(queue=queue, backend=request.param, suffix=suffix, **facts)
+    queue.ensure_topic(e.topic)
+    queue.ensure_topic(e.dlq_topic)
+    queue.ensure_subscription(SubscriptionSpec(name=e.dlq, topic=e.dlq_topic))
+    queue.ensure_subscription(SubscriptionSpec(
+        name=e.all, topic=e.topic, ack_deadline_seconds=REQUESTED_LEASE,
+        max_delivery_attempts=REQUESTED_ATTEMPTS, dead_letter_topic=e.dlq_topic))
+    queue.ensure_subscription(
+        SubscriptionSpec(name=e.daily, topic=e.topic, filter={"cadence": "daily"}))
+    yield e
+    queue.close()
+
+
+def pull_n(queue: Queue, subscription: str, n: int, timeout: float = 5.0) -> list[Message]:
+    """Pull until ``n`` messages arrived (a pull may return fewer than are waiting)."""
+    got: list[Message] = []
+    until = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < until:
+        got.extend(queue.pull(subscription, n - len(got)))
+    return got
+
+
+def test_publish_fans_out_by_filter_and_ack_removes(env):
+    q = env.queue
+    q.publish(env.topic, b"a", {"cadence": "daily"})
+    q.publish(env.topic, b"b", {"cadence": "hourly"})
+    assert sorted(m.data for m in pull_n(q, env.all, 2)) == [b"a", b"b"]
+    daily = pull_n(q, env.daily, 1)
     assert [m.data for m in daily] == [b"a"]
     assert daily[0].attributes == {"cadence": "daily"}
-    queue.ack("daily", [daily[0].ack_id])
-    assert queue.pull("daily") == []
+    q.ack(env.daily, [daily[0].ack_id])
+    assert q.pull(env.daily) == []  # b never reached it, a is gone
 
 
-def test_leased_messages_are_invisible_until_deadline_or_nack(queue):
-    queue.publish("t", b"x")
-    first = queue.pull("all")
+def test_leased_messages_are_invisible_until_deadline_or_nack(env):
+    q = env.queue
+    q.publish(env.topic, b"x")
+    first = pull_n(q, env.all, 1)
     assert [m.delivery_attempt for m in first] == [1]
-    assert queue.pull("all") == []
-    queue.nack("all", [first[0].ack_id])
-    again = queue.pull("all")
+    assert q.pull(env.all) == []
+    q.nack(env.all, [first[0].ack_id])
+    again = pull_n(q, env.all, 1)
     assert [(m.data, m.delivery_attempt) for m in again] == [(b"x", 2)]
+    assert again[0].message_id == first[0].message_id
 
 
-def test_expired_lease_redelivers(queue):
-    queue.publish("t", b"x")
-    assert len(queue.pull("all")) == 1
-    time.sleep(1.1)
-    assert [m.delivery_attempt for m in queue.pull("all")] == [2]
+def test_expired_lease_redelivers(env):
+    q = env.queue
+    q.publish(env.topic, b"x")
+    assert len(pull_n(q, env.all, 1)) == 1
+    leased_at = time.monotonic()
+    assert q.pull(env.all) == []  # still leased
+    time.sleep(max(0.0, env.lease_seconds + 0.1 - (time.monotonic() - leased_at)))
+    redelivered = pull_n(q, env.all, 1, timeout=5.0)
+    assert [m.delivery_attempt for m in redelivered] == [2]
 
 
-def test_exhausted_messages_go_to_the_dead_letter_topic(queue):
-    queue.publish("t", b"x", {"k": "v"})
-    for _ in range(2):
-        (m,) = queue.pull("all")
-        queue.nack("all", [m.ack_id])
-    assert queue.pull("all") == []
-    (dead,) = queue.pull("dlq")
+def test_nack_with_delay_hides_the_message_for_that_long(env):
+    q = env.queue
+    q.publish(env.topic, b"x")
+    (m,) = pull_n(q, env.all, 1)
+    q.nack(env.all, [m.ack_id], delay_seconds=2)
+    nacked_at = time.monotonic()
+    assert q.pull(env.all) == []
+    (again,) = pull_n(q, env.all, 1, timeout=6.0)
+    assert time.monotonic() - nacked_at >= 1.9
+    assert (again.data, again.delivery_attempt) == (b"x", 2)
+
+
+def test_exhausted_messages_go_to_the_dead_letter_topic(env):
+    q = env.queue
+    q.publish(env.topic, b"x", {"k": "v"})
+    for attempt in range(1, env.max_attempts + 1):
+        (m,) = pull_n(q, env.all, 1)
+        assert m.delivery_attempt == attempt
+        q.nack(env.all, [m.ack_id])
+    assert q.pull(env.all) == []
+    (dead,) = pull_n(q, env.dlq, 1, timeout=10.0)
     assert dead.data == b"x"
     assert dead.attributes["k"] == "v"
-    assert dead.attributes["dead_letter_source_subscription"] == "all"
+    assert dead.attributes[env.dead_letter_source_key] == env.all
 
 
-def test_ensure_is_idempotent_and_unknown_names_fail(queue):
-    from app.errors import ConfigurationError
+def test_delivery_attempt_is_counted_only_where_the_backend_counts_it(env):
+    q = env.queue
+    q.publish(env.topic, b"d", {"cadence": "daily"})
+    (m,) = pull_n(q, env.daily, 1)
+    q.nack(env.daily, [m.ack_id])
+    (again,) = pull_n(q, env.daily, 1)
+    # Pub/Sub reports attempts only on subscriptions with a dead-letter policy.
+    assert [m.delivery_attempt, again.delivery_attempt] == (
+        [1, 2] if env.counts_without_dead_letter_policy else [1, 1]
+    )
 
-    queue.ensure_topic("t")
-    queue.ensure_subscription(SubscriptionSpec(name="all", topic="t"))
+
+def test_ensure_is_idempotent_and_unknown_names_fail(env):
+    q = env.queue
+    q.ensure_topic(env.topic)
+    q.ensure_subscription(SubscriptionSpec(name=env.all, topic=env.topic))
+    q.ensure_subscription(
+        SubscriptionSpec(name=env.daily, topic=env.topic, filter={"cadence": "daily"}))
+    q.publish(env.topic, b"still-filtered", {"cadence": "hourly"})
+    assert q.pull(env.daily) == []
     with pytest.raises(ConfigurationError):
-        queue.publish("missing", b"x")
+        q.publish(env.name("missing"), b"x")
     with pytest.raises(ConfigurationError):
-        queue.pull("missing")
+        q.pull(env.name("missing"))
+    with pytest.raises(ConfigurationError):
+        q.ensure_subscription(SubscriptionSpec(name=env.name("orphan"), topic=env.name("none")))
 
 
-def test_publish_many_returns_ids_in_order(queue):
-    ids = queue.publish_many("t", [(b"1", {}), (b"2", {})])
+def test_publish_many_returns_ids_in_order(env):
+    q = env.queue
+    ids = q.publish_many(env.topic, [(b"1", {}), (b"2", {})])
     assert len(set(ids)) == 2
-    assert [m.message_id for m in queue.pull("all")] == ids
+    # Delivery order is not promised (Pub/Sub has none without ordering keys); the ids are.
+    assert {m.message_id: m.data for m in pull_n(q, env.all, 2)} == {ids[0]: b"1", ids[1]: b"2"}
+
+
+def test_messages_carry_their_publish_time_in_utc(env):
+    q = env.queue
+    before = datetime.now(UTC)
+    q.publish(env.topic, b"x")
+    (m,) = pull_n(q, env.all, 1)
+    assert m.publish_time.utcoffset() == timedelta(0)
+    assert before - timedelta(seconds=2) <= m.publish_time <= datetime.now(UTC) + timedelta(seconds=2)
+
+
+# -- Pub/Sub specifics -----------------------------------------------------------------------
+
+
+def test_filter_expression_quotes_keys_and_values():
+    assert filter_expression({}) == ""
+    assert filter_expression({"cadence": "daily", "a-b_1": "x"}) == (
+        'attributes.a-b_1 = "x" AND attributes.cadence = "daily"'
+    )
+    assert filter_expression({"odd key": 'say "hi"\\\n'}) == (
+        'attributes."odd key" = "say \\"hi\\"\\\\\\x0a"'
+    )
+    with pytest.raises(ConfigurationError):
+        filter_expression({"k": "v" * 300})
+
+
+@pytest.mark.pubsub
+def test_pubsub_specs_are_clamped_to_pubsub_limits(pubsub_emulator):
+    from google.cloud import pubsub_v1
+    from google.pubsub_v1 import types
+
+    suffix = uuid.uuid4().hex[:10]
+    q = PubSubQueue(project=PROJECT)
+    raw = pubsub_v1.SubscriberClient()
+    try:
+        q.ensure_topic(f"t-{suffix}")
+        q.ensure_topic(f"dlq-{suffix}")
+        q.ensure_subscription(SubscriptionSpec(
+            name=f"s-{suffix}", topic=f"t-{suffix}", ack_deadline_seconds=1,
+            max_delivery_attempts=2, dead_letter_topic=f"dlq-{suffix}", retention_seconds=60))
+        sub = raw.get_subscription(subscription=f"projects/{PROJECT}/subscriptions/s-{suffix}")
+        assert sub.ack_deadline_seconds == 10
+        assert sub.dead_letter_policy.max_delivery_attempts == 5
+        assert sub.dead_letter_policy.dead_letter_topic == f"projects/{PROJECT}/topics/dlq-{suffix}"
+        assert sub.message_retention_duration.total_seconds() == 600
+        pb = types.Subscription.pb(sub)
+        assert pb.HasField("expiration_policy") and not pb.expiration_policy.HasField("ttl")
+    finally:
+        raw.close()
+        q.close()
+
+
+@pytest.mark.pubsub
+def test_pubsub_quoted_filter_is_accepted_and_applied(pubsub_emulator):
+    suffix = uuid.uuid4().hex[:10]
+    q = PubSubQueue(project=PROJECT)
+    try:
+        q.ensure_topic(f"t-{suffix}")
+        wanted = {"odd key": 'say "hi" \\ there', "cadence": "daily"}
+        q.ensure_subscription(SubscriptionSpec(name=f"s-{suffix}", topic=f"t-{suffix}",
+                                               filter=wanted))
+        q.publish(f"t-{suffix}", b"no", {"odd key": "say hi", "cadence": "daily"})
+        q.publish(f"t-{suffix}", b"yes", wanted)
+        assert [m.data for m in pull_n(q, f"s-{suffix}", 1)] == [b"yes"]
+        assert q.pull(f"s-{suffix}") == []
+    finally:
+        q.close()
+
+
+@pytest.mark.pubsub
+def test_pubsub_emulator_applies_subscription_filters_itself(pubsub_emulator):
+    """The server, not this backend's own check, drops what the filter excludes."""
+    from google.api_core.exceptions import DeadlineExceeded
+    from google.cloud import pubsub_v1
+
+    suffix = uuid.uuid4().hex[:10]
+    q = PubSubQueue(project=PROJECT)
+    raw = pubsub_v1.SubscriberClient()
+    path = f"projects/{PROJECT}/subscriptions/s-{suffix}"
+    try:
+        q.ensure_topic(f"t-{suffix}")
+        q.ensure_subscription(SubscriptionSpec(name=f"s-{suffix}", topic=f"t-{suffix}",
+                                               filter={"cadence": "daily"}))
+        assert raw.get_subscription(subscription=path).filter == 'attributes.cadence = "daily"'
+        q.publish_many(f"t-{suffix}", [(b"hourly", {"cadence": "hourly"}),
+                                       (b"daily", {"cadence": "daily"}), (b"none", {})])
+        seen: list[bytes] = []
+        until = time.monotonic() + 5
+        while time.monotonic() < until:
+            try:
+                reply = raw.pull(request={"subscription": path, "max_messages": 10}, timeout=1.5)
+            except DeadlineExceeded:
+                break
+            if not reply.received_messages:
+                break
+            seen += [r.message.data for r in reply.received_messages]
+        assert b"daily" in seen
+        if seen != [b"daily"]:
+            # Emulators before Cloud SDK 555.0.0 keep a filter without applying it.
+            from tests.conftest import require_service
+
+            require_service("Pub/Sub emulator with filtering",
+                            f"it delivered {sorted(seen)} through a cadence=daily filter")
+    finally:
+        raw.close()
+        q.close()
+
+
+@pytest.mark.pubsub
+def test_pubsub_close_is_final_and_leaves_injected_clients_open(pubsub_emulator):
+    from google.cloud import pubsub_v1
+
+    suffix = uuid.uuid4().hex[:10]
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    q = PubSubQueue(project=PROJECT, publisher=publisher, subscriber=subscriber)
+    try:
+        q.ensure_topic(f"t-{suffix}")
+        q.ensure_subscription(SubscriptionSpec(name=f"s-{suffix}", topic=f"t-{suffix}"))
+        q.close()
+        q.close()
+        with pytest.raises(QueueUnavailable):
+            q.publish(f"t-{suffix}", b"x")
+        with pytest.raises(QueueUnavailable):
+            q.pull(f"s-{suffix}")
+        publisher.publish(f"projects/{PROJECT}/topics/t-{suffix}", b"x").result(timeout=10)
+        reply = subscriber.pull(request={"subscription": f"projects/{PROJECT}/subscriptions/"
+                                         f"s-{suffix}", "max_messages": 1}, timeout=5)
+        assert [r.message.data for r in reply.received_messages] == [b"x"]
+    finally:
+        publisher.stop()
+        publisher.transport.close()
+        subscriber.close()
+
+
+def test_pubsub_unanswered_publish_times_out_as_queue_unavailable(monkeypatch):
+    """A server that accepts connections but never answers: publish gives up on time."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:%d" % silent.getsockname()[1])
+        q = PubSubQueue(project=PROJECT, publish_timeout=1.0)
+        started = time.monotonic()
+        with pytest.raises(QueueUnavailable):
+            q.publish("t", b"x")
+        assert time.monotonic() - started < 4
+        started = time.monotonic()
+        q.close()
+        assert time.monotonic() - started < 2
+
+
+def test_pubsub_unreachable_server_is_queue_unavailable(monkeypatch):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again below: nothing listens there
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{port}")
+    q = PubSubQueue(project=PROJECT, publish_timeout=1.0)
+    try:
+        for call in (lambda: q.publish("t", b"x"), lambda: q.pull("s"),
+                     lambda: q.ack("s", ["a"]), lambda: q.ensure_topic("t")):
+            started = time.monotonic()
+            with pytest.raises(QueueUnavailable):
+                call()
+            assert time.monotonic() - started < 4
+        with pytest.raises(ConfigurationError):  # refused before any call
+            q.publish("t", b"x", {"timeout": "5"})
+    finally:
+        q.close()
