@@ -35,6 +35,14 @@ class HealthieConfig(BaseModel):
     api_version: str = DEFAULT_API_VERSION
     # ~100 complexity points per entry; Healthie caps a request at 2000 (issue 4 estimates).
     batch_size: int = Field(default=15, ge=1, le=100)
+    # This instance's share of the API key's limit (Healthie allows ~250 requests/s per key).
+    rate_limit: float = Field(default=250.0, gt=0, le=1000)
+    # Entry selection: extra GraphQL selections added to the PatientEntry fragment, and
+    # top-level entry fields dropped from it. Checked against the schema at start-up.
+    entry_extra_selection: str | None = None
+    entry_exclude_fields: list[str] = Field(default_factory=list)
+    # The missed-change sweep run by each flush (patients, appointments, applied tags).
+    sweep: bool = True
 
     def url(self) -> str:
         """The GraphQL endpoint this integration talks to."""
@@ -54,6 +62,11 @@ class AgentConfig(BaseModel):
     instructions: Path
     plan: Path | None = None
     model: str | None = None
+    # Message Batches for every cadence but hourly (falls back to direct calls when unavailable)
+    use_batches: bool = True
+    max_output_tokens: int = Field(default=4096, ge=256, le=64000)
+    # Entry fields the model may see (JMESPath-free top-level names); None = the whole entry.
+    visible_fields: list[str] | None = None
 
 
 class TargetConfig(BaseModel):
