@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from app.errors import QueueUnavailable
 from app.events import WebhookPayload, resolve_event
+from app.publish_batcher import PublishBatcher
 from app.queue.topology import DIRTY_TOPIC
 from app.runtime import Runtime
 from app.signature import verify_healthie_signature
@@ -50,6 +50,7 @@ def build_router(runtime: Runtime) -> APIRouter:
     """The webhook route bound to ``runtime``."""
     router = APIRouter()
     stats = runtime.stats
+    batcher = PublishBatcher(runtime.queue, DIRTY_TOPIC)
 
     @router.post("/webhooks/healthie/{integration_id}", status_code=202)
     async def receive(integration_id: str, request: Request) -> WebhookAccepted:
@@ -97,7 +98,7 @@ def build_router(runtime: Runtime) -> APIRouter:
         attributes = {"integration": integration_id, "cadence": integration.cadence.value}
         messages = [(m.model_dump_json().encode(), attributes) for m in marks]
         try:
-            await run_in_threadpool(runtime.queue.publish_many, DIRTY_TOPIC, messages)
+            await batcher.publish(messages)
         except QueueUnavailable:
             stats.count("publish_failed", payload.event_type)
             log.exception("webhook publish failed (integration=%s)", integration_id)

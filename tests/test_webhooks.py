@@ -97,10 +97,18 @@ def test_clinical_and_unknown_events_are_2xx_and_mark_nothing(client, runtime):
 
 
 def test_failed_publish_is_503(client, runtime, monkeypatch):
+    from concurrent.futures import Future
+
     def fail(*_args, **_kw):
         raise QueueUnavailable("down")
 
+    def failed_future(*_args, **_kw):
+        future: Future = Future()
+        future.set_exception(QueueUnavailable("down"))
+        return future
+
     monkeypatch.setattr(runtime.queue, "publish_many", fail)
+    monkeypatch.setattr(runtime.queue, "submit_many", failed_future)
     b = body()
     assert client.post(PATH, content=b, headers=signed(b)).status_code == 503
 

@@ -3,16 +3,23 @@
 Fan-out happens at publish time: one row per matching subscription, so each subscription keeps
 its own delivery state. A lease is a ``visible_at`` in the future plus a fresh ``ack_id``; an
 expired lease makes the message visible again, exactly like an ack deadline.
+
+Publishes are group-committed: concurrent callers hand their messages to one writer thread,
+which stores everything pending in a single transaction and then releases each caller. Every
+caller still returns only after its own messages are committed; under load, many webhooks
+share one commit instead of paying one each.
 """
 
 from __future__ import annotations
 
 import json
+import queue as stdlib_queue
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -55,6 +62,9 @@ class SqliteQueue:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._subs_cache: dict[str, list[tuple[str, dict[str, str]]]] = {}
+        self._pending: stdlib_queue.SimpleQueue[_Publish | None] = stdlib_queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
 
     # -- administration -------------------------------------------------------------------
     def ensure_topic(self, topic: str) -> None:
@@ -103,29 +113,80 @@ class SqliteQueue:
     def publish_many(
         self, topic: str, messages: Sequence[tuple[bytes, Mapping[str, str]]]
     ) -> list[str]:
-        """Store all messages in one transaction; returns their ids in order."""
+        """Store all messages (group-committed with concurrent publishers); returns their ids."""
+        return self.submit_many(topic, messages).result(timeout=60)
+
+    def submit_many(
+        self, topic: str, messages: Sequence[tuple[bytes, Mapping[str, str]]]
+    ) -> Future[list[str]]:
+        """Hand messages to the group commit; the future resolves once they are stored."""
+        request = _Publish(topic, list(messages))
+        self._ensure_writer()
+        self._pending.put(request)
+        return request.future
+
+    def _ensure_writer(self) -> None:
+        if self._writer is None:
+            with self._writer_lock:
+                if self._writer is None:
+                    self._writer = threading.Thread(
+                        target=self._write_loop, name="sqlite-queue-writer", daemon=True
+                    )
+                    self._writer.start()
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._pending.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < 512:
+                try:
+                    nxt = self._pending.get_nowait()
+                except stdlib_queue.Empty:
+                    break
+                if nxt is None:
+                    self._pending.put(None)  # finish this batch, then stop
+                    break
+                batch.append(nxt)
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Publish]) -> None:
         now = time.time()
-        ids: list[str] = []
+        results: list[tuple[_Publish, list[str] | BaseException]] = []
         with self._lock:
-            subscribers = self._subscribers(topic)
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                for data, attributes in messages:
-                    message_id = uuid.uuid4().hex
-                    ids.append(message_id)
-                    attrs = json.dumps(dict(attributes), sort_keys=True)
-                    for sub, flt in subscribers:
-                        if all(attributes.get(k) == v for k, v in flt.items()):
-                            self._db.execute(
-                                "INSERT INTO messages(subscription, message_id, data, attributes,"
-                                " publish_time, visible_at) VALUES (?,?,?,?,?,?)",
-                                (sub, message_id, bytes(data), attrs, now, now),
-                            )
+                for request in batch:
+                    try:
+                        subscribers = self._subscribers(request.topic)
+                    except ConfigurationError as exc:
+                        results.append((request, exc))
+                        continue
+                    ids = []
+                    for data, attributes in request.messages:
+                        message_id = uuid.uuid4().hex
+                        ids.append(message_id)
+                        attrs = json.dumps(dict(attributes), sort_keys=True)
+                        for sub, flt in subscribers:
+                            if all(attributes.get(k) == v for k, v in flt.items()):
+                                self._db.execute(
+                                    "INSERT INTO messages(subscription, message_id, data,"
+                                    " attributes, publish_time, visible_at)"
+                                    " VALUES (?,?,?,?,?,?)",
+                                    (sub, message_id, bytes(data), attrs, now, now),
+                                )
+                    results.append((request, ids))
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
-                raise QueueUnavailable(f"publish to {topic!r} failed: {exc}") from exc
-        return ids
+                failure = QueueUnavailable(f"publish failed: {exc}")
+                results = [(request, failure) for request in batch]
+        for request, outcome in results:
+            if isinstance(outcome, BaseException):
+                request.future.set_exception(outcome)
+            else:
+                request.future.set_result(outcome)
 
     def _rollback(self) -> None:
         try:
@@ -227,6 +288,20 @@ class SqliteQueue:
         return int(row[0])
 
     def close(self) -> None:
-        """Close the database connection."""
+        """Finish pending publishes, stop the writer and close the database connection."""
+        if self._writer is not None:
+            self._pending.put(None)
+            self._writer.join(timeout=30)
         with self._lock:
             self._db.close()
+
+
+class _Publish:
+    """One caller's messages waiting for the group commit."""
+
+    __slots__ = ("future", "messages", "topic")
+
+    def __init__(self, topic: str, messages: list[tuple[bytes, Mapping[str, str]]]) -> None:
+        self.topic = topic
+        self.messages = messages
+        self.future: Future[list[str]] = Future()
