@@ -10,11 +10,11 @@ commits (or Pub/Sub round trips) is shared.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from app.queue.base import Queue, publish_many_async
 
-Messages = list[tuple[bytes, Mapping[str, str]]]
+Messages = Sequence[tuple[bytes, Mapping[str, str]]]
 
 
 class PublishBatcher:
