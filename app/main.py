@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hmac
-
 from fastapi import FastAPI, Header, HTTPException
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from app.flush_auth import FlushAuthorizer, Verifier
 from app.models import Cadence
 from app.runtime import Runtime
 from app.webhooks import build_router
@@ -30,9 +29,14 @@ class FlushStarted(BaseModel):
     unresolved_marks: int
 
 
-def create_app(runtime: Runtime) -> FastAPI:
-    """The HTTP service for ``runtime``; the caller owns the runtime's lifecycle."""
+def create_app(runtime: Runtime, *, oidc_verifier: Verifier | None = None) -> FastAPI:
+    """The HTTP service for ``runtime``; the caller owns the runtime's lifecycle.
+
+    ``oidc_verifier`` replaces Google's token verification (tests); by default it is built
+    from the settings when an OIDC audience and service account are configured.
+    """
     app = FastAPI(title="healthie-sync", docs_url=None, redoc_url=None, openapi_url=None)
+    authorizer = FlushAuthorizer(runtime.settings, oidc_verifier)
     app.include_router(build_router(runtime))
 
     @app.get("/healthz")
@@ -47,11 +51,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     async def flush_cadence(
         cadence: Cadence, authorization: str | None = Header(default=None)
     ) -> FlushStarted:
-        token = runtime.settings.flush_token
-        # Cloud Scheduler's OIDC tokens are verified in issue 6; until then only a shared
-        # token opens this route, and without one configured it stays closed.
-        presented = (authorization or "").removeprefix("Bearer ").strip()
-        if token is None or not hmac.compare_digest(presented, token.get_secret_value()):
+        if not authorizer.allowed(authorization):
             raise HTTPException(401, "unauthorized")
         from workers.flusher import flush
 

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     gcp_project: str | None = None
     # Shared token for POST /flush/{cadence} on the local default; production uses OIDC.
     flush_token: SecretStr | None = None
+    # Cloud Scheduler's OIDC identity: the audience it requests (the service URL) and the
+    # service account it signs as. Both set -> Google ID tokens are accepted on /flush.
+    flush_oidc_audience: str | None = None
+    flush_oidc_service_account: str | None = None
+    flush_oidc_certs_url: str | None = None  # tests point this at a local certificate server
     # Path Healthie called, when a proxy rewrites it before it reaches us ("{integration_id}").
     public_webhook_path: str | None = None
     max_webhook_body_bytes: int = Field(default=1_048_576, gt=0)
