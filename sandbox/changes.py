@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox.models import Address, Appointment
+from sandbox.models import Address, AppliedTag, Appointment
 from sandbox.org import Organization
 from sandbox.webhooks import Event
 
@@ -106,7 +106,7 @@ def update_client(
             if name == "active":
                 patient.archived_at = None if value else stamp
     if changed:
-        patient.updated_at = stamp  # never listed in changed_fields, as at Healthie
+        org.touch_patient(patient, stamp)  # never in changed_fields, as at Healthie
         events.insert(0, Event("patient.updated", patient.id, "User", tuple(changed)))
     return events
 
@@ -141,8 +141,8 @@ def _update_location(
     ]
 
 
-def apply_tag(org: Organization, user_id: str, tag_id: str) -> list[Event]:
-    """Apply a tag; ``applied_tag.created`` unless it was already applied."""
+def apply_tag(org: Organization, user_id: str, tag_id: str, stamp: str) -> list[Event]:
+    """Apply a tag at ``stamp``; ``applied_tag.created`` unless it was already applied."""
     patient = org.patient(user_id)
     if patient is None:
         raise _fail("taggable_user_id", "User not found")
@@ -152,6 +152,7 @@ def apply_tag(org: Organization, user_id: str, tag_id: str) -> list[Event]:
         return []
     applied = org.new_id()
     patient.applied_tags[tag_id] = applied
+    org.applied[applied] = AppliedTag(applied, tag_id, patient.id, stamp, stamp)
     return [
         Event(
             "applied_tag.created",
@@ -171,6 +172,7 @@ def remove_applied_tag(org: Organization, user_id: str, tag_id: str) -> list[Eve
     applied = patient.applied_tags.pop(tag_id, None)
     if applied is None:
         raise _fail("id", "Tag is not applied to this user")
+    org.applied.pop(applied, None)
     return [
         Event(
             "applied_tag.deleted",
@@ -223,6 +225,7 @@ def update_appointment(
         changed.append("pm_status_last_changed_by_id")  # Healthie records who changed it
     changed.append("last_updated_by_id")
     appt.updated_at = stamp
+    org.touch_appointment(appt)
     return [_appointment_event(org, "appointment.updated", appt, tuple(changed))]
 
 
@@ -260,6 +263,7 @@ def create_appointment(
         appointment_location_id=fields.get("appointment_location_id"),
     )
     org.appointments[appt.id] = appt
+    org.touch_appointment(appt)
     patient.appointment_ids.append(appt.id)
     return appt, [_appointment_event(org, "appointment.created", appt, ())]
 
@@ -271,4 +275,5 @@ def delete_appointment(org: Organization, appointment_id: str, stamp: str) -> li
         raise _fail("id", "Appointment not found")
     appt.deleted_at = stamp
     appt.updated_at = stamp
+    org.touch_appointment(appt)
     return [_appointment_event(org, "appointment.deleted", appt, ())]

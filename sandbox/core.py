@@ -29,7 +29,7 @@ from sandbox.generate import iso
 from sandbox.models import Appointment, Tag, Task
 from sandbox.org import Organization, generate_org
 from sandbox.traffic import random_changes
-from sandbox.webhooks import Delivery, Event, Webhook, WebhookEmitter
+from sandbox.webhooks import Delivery, Event, RetryPolicy, Webhook, WebhookEmitter
 
 DEFAULT_NOW = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -64,6 +64,7 @@ class Sandbox:
         seed: int = 7,
         now: datetime | None = None,
         http_client: httpx2.Client | None = None,
+        webhook_retries: RetryPolicy | None = None,
     ) -> None:
         self.seed = seed
         self.org: Organization = generate_org(seed, patients, now or DEFAULT_NOW)
@@ -74,7 +75,7 @@ class Sandbox:
         self.lock = threading.RLock()
         self.faults = Faults()
         self.emitter = WebhookEmitter(http_client)
-        self._delivery_lock = threading.Lock()
+        self.emitter.retry_policy = webhook_retries  # None: no retries (the default)
 
     # -- clock and delivery ------------------------------------------------------------
     def _tick(self) -> str:
@@ -83,7 +84,7 @@ class Sandbox:
 
     def _deliver(self, change: Change) -> Change:
         created = int(datetime.fromisoformat(change.at).timestamp())
-        with self._delivery_lock:
+        with self.emitter.delivery_lock:
             for event in change.events:
                 change.deliveries.extend(
                     self.emitter.deliver(
@@ -126,7 +127,7 @@ class Sandbox:
             "apply_tag",
             user_id,
             {"tag_id": tag_id},
-            lambda at: changes.apply_tag(self.org, user_id, tag_id),
+            lambda at: changes.apply_tag(self.org, user_id, tag_id, at),
         )
 
     def bulk_apply(self, user_id: str, tag_ids: Iterable[str]) -> Change:
@@ -139,7 +140,7 @@ class Sandbox:
                 raise changes.ValidationFailed(
                     [changes.FieldMessage("ids", f"Tag {t} not found") for t in missing]
                 )
-            return [e for t in ids for e in changes.apply_tag(self.org, user_id, t)]
+            return [e for t in ids for e in changes.apply_tag(self.org, user_id, t, at)]
 
         return self._apply("bulk_apply", user_id, {"tag_ids": ids}, run)
 
@@ -255,13 +256,29 @@ class Sandbox:
             hook.secret = f"whsec_{_derive(self.seed, hook.secret + iso(self.clock))}"
             return hook
 
+    def set_webhook_enabled(self, webhook_id: str, enabled: bool) -> Webhook:
+        """Enable or disable a webhook (``updateWebhook(is_enabled:)``); disabled ones get
+        nothing, and their pending retries are dropped when due."""
+        with self.lock:
+            hook = self.emitter.webhooks[webhook_id]
+            hook.is_enabled = enabled
+            return hook
+
+    def set_webhook_failing(self, webhook_id: str, status: int | None = 500) -> Webhook:
+        """Make every delivery to a webhook fail with HTTP ``status`` without contacting the
+        receiver (a broken endpoint, for tests); ``None`` restores real delivery."""
+        with self.lock:
+            hook = self.emitter.webhooks[webhook_id]
+            hook.forced_status = status
+            return hook
+
     def send_test_webhook(self, webhook_id: str) -> list[Delivery]:
         """Send a ``test.created`` event to one webhook."""
         with self.lock:
             at = self._tick()
         event = Event("test.created", "12345", "Test")
         created = int(datetime.fromisoformat(at).timestamp())
-        with self._delivery_lock:
+        with self.emitter.delivery_lock:
             return self.emitter.deliver(event, created=created, created_iso=at, only=webhook_id)
 
     @property

@@ -33,6 +33,18 @@ class Tag:
 
 
 @dataclass(slots=True)
+class AppliedTag:
+    """A tag applied to a patient (``AppliedTag``); never updated, so ``updated_at`` is when
+    it was applied."""
+
+    id: str
+    tag_id: str
+    user_id: str
+    created_at: str
+    updated_at: str
+
+
+@dataclass(slots=True)
 class Provider:
     """An organization member who treats patients; served as a ``User``."""
 

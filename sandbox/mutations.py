@@ -145,7 +145,9 @@ def delete_appointment(_: None, info: GraphQLResolveInfo[Sandbox], **kw: Any) ->
 
 def _event_types(data: dict[str, Any]) -> list[str] | None:
     events = [e["event_type"] for e in data.get("webhook_events") or [] if e.get("event_type")]
-    return events or None
+    if data.get("event_type"):
+        events.insert(0, data["event_type"])
+    return list(dict.fromkeys(events)) or None
 
 
 def create_webhook(_: None, info: GraphQLResolveInfo[Sandbox], **kw: Any) -> Payload:
@@ -180,7 +182,7 @@ def update_webhook(_: None, info: GraphQLResolveInfo[Sandbox], **kw: Any) -> Pay
             for key in ("url", "is_enabled", "should_retry"):
                 if data.get(key) is not None:
                     setattr(hook, key, data[key])
-            if data.get("webhook_events") is not None:
+            if data.get("webhook_events") is not None or data.get("event_type") is not None:
                 events = _event_types(data)
                 hook.event_types = frozenset(events) if events else None
         return hook

@@ -2,7 +2,8 @@
 
 :func:`generate_org` builds the organization-wide records (providers, groups, tags, plans,
 appointment types, offerings) at once and each patient lazily, the first time anything asks
-for it. Every patient is drawn from its own random stream, seeded from ``(seed, index)``, so
+for it. Every patient is drawn from its own random streams (one for the patient, one for
+its appointments), seeded from ``(seed, index)``, so
 the same ``seed``, ``patients`` and ``now`` always give the same data whatever order patients
 are read in, and 100,000 patients cost nothing until they are touched.
 
@@ -28,6 +29,7 @@ from sandbox.generate import (
 )
 from sandbox.ids import APPT_BASE, APPT_STRIDE, CREATED_BASE, PATIENT_BASE, mix
 from sandbox.models import (
+    AppliedTag,
     Appointment,
     AppointmentType,
     ClinicalRecord,
@@ -38,6 +40,14 @@ from sandbox.models import (
     Tag,
     Task,
     UserGroup,
+)
+from sandbox.timeline import (
+    KeyIndex,
+    PatientTimeline,
+    appointment_keys,
+    epoch,
+    patient_keys,
+    patient_timeline,
 )
 
 
@@ -57,8 +67,13 @@ class Organization:
     organization_id: str
     appointments: dict[str, Appointment] = field(default_factory=dict)
     tasks: dict[str, Task] = field(default_factory=dict)
+    # Tags applied through the sandbox, by applied tag id (the patient's ``applied_tags`` maps
+    # tag id -> applied tag id; generated applied tags date from their patient's creation).
+    applied: dict[str, AppliedTag] = field(default_factory=dict)
     _patients: dict[int, Patient] = field(default_factory=dict)
     _next_id: int = CREATED_BASE
+    _timeline: PatientTimeline | None = None
+    _indexes: dict[str, KeyIndex] = field(default_factory=dict)
 
     def new_id(self) -> str:
         """Return a fresh id for a record created after generation."""
@@ -85,6 +100,55 @@ class Organization:
         if found is None:
             found = self._materialize(index)
         return found
+
+    def materialized(self, index: int) -> Patient | None:
+        """The patient at ``index`` if it has been generated, without generating it."""
+        return self._patients.get(index)
+
+    # -- orderings (see sandbox.timeline) ------------------------------------------------
+    def timeline(self) -> PatientTimeline:
+        """Every patient's generated timestamps and archived flag (drawn once, lazily)."""
+        if self._timeline is None:
+            self._timeline = patient_timeline(self)
+        return self._timeline
+
+    def patient_index(self, field: str) -> KeyIndex:
+        """Patients ordered by ``field`` ("updated_at" or "created_at"), kept up to date."""
+        name = f"users.{field}"
+        if name not in self._indexes:
+            self._indexes[name] = KeyIndex(patient_keys(self, self.timeline(), field))
+        return self._indexes[name]
+
+    def appointment_index(self, field: str) -> KeyIndex:
+        """Visible appointments ordered by ``field`` ("updated_at", "created_at", "date")."""
+        name = f"appointments.{field}"
+        if name not in self._indexes:
+            self._indexes[name] = KeyIndex(appointment_keys(self, field))
+        return self._indexes[name]
+
+    def is_archived(self, index: int) -> bool:
+        """Whether patient ``index`` is archived (live record, else generated flag)."""
+        live = self._patients.get(index)
+        return (not live.active) if live is not None else bool(self.timeline().archived[index])
+
+    def touch_patient(self, patient: Patient, stamp: str) -> None:
+        """Record that ``patient`` changed at ``stamp`` (its ``updated_at``)."""
+        patient.updated_at = stamp
+        built = self._indexes.get("users.updated_at")
+        if built is not None:
+            built.upsert(int(patient.id), epoch(stamp))
+
+    def touch_appointment(self, appt: Appointment) -> None:
+        """Re-index ``appt`` after it was created, changed or deleted (deleted ones vanish
+        from the ``appointments`` query, as at Healthie)."""
+        for name, index in self._indexes.items():
+            kind, _, field_name = name.partition(".")
+            if kind != "appointments":
+                continue
+            if appt.deleted_at is not None:
+                index.discard(int(appt.id))
+            else:
+                index.upsert(int(appt.id), epoch(getattr(appt, field_name)))
 
     def is_materialized(self, user_id: str) -> bool:
         """Whether the patient has been generated (and so may carry changes)."""

@@ -8,21 +8,21 @@ records), apply the sandbox's visibility rules (deleted appointments only with
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from graphql import GraphQLError, GraphQLResolveInfo
 
+from sandbox import listings
 from sandbox.ids import PATIENT_BASE
+from sandbox.listings import connection, decode_cursor, encode_cursor
 from sandbox.models import Appointment, Patient, Provider
+from sandbox.timeline import epoch
 
 if TYPE_CHECKING:
     from sandbox.core import Sandbox
 
 Resolver = Callable[..., Any]
-MAX_PAGE = 100
 
 
 def sandbox_of(info: GraphQLResolveInfo[Sandbox]) -> Sandbox:
@@ -30,48 +30,21 @@ def sandbox_of(info: GraphQLResolveInfo[Sandbox]) -> Sandbox:
     return info.context
 
 
-def encode_cursor(key: str) -> str:
-    """An opaque cursor shaped like Healthie's (base64 of ``{"k":[key]}``)."""
-    return base64.b64encode(json.dumps({"k": [key]}, separators=(",", ":")).encode()).decode()
-
-
-def decode_cursor(cursor: str) -> str:
-    """Inverse of :func:`encode_cursor`; a GraphQL error for anything else."""
-    try:
-        return str(json.loads(base64.b64decode(cursor))["k"][0])
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise GraphQLError(f"Invalid cursor: {cursor}") from exc
-
-
-def connection(
-    items: Sequence[Any], keys: Sequence[str], total: int, has_next: bool, has_previous: bool
-) -> dict[str, Any]:
-    """A Relay-style connection (``nodes``, ``edges``, ``page_info``, ``total_count``)."""
-    cursors = [encode_cursor(k) for k in keys]
-    return {
-        "nodes": list(items),
-        "edges": [{"cursor": c, "node": n} for c, n in zip(cursors, items, strict=True)],
-        "total_count": total,
-        "page_info": {
-            "has_next_page": has_next,
-            "has_previous_page": has_previous,
-            "start_cursor": cursors[0] if cursors else None,
-            "end_cursor": cursors[-1] if cursors else None,
-        },
-    }
-
-
 def paginate(records: Sequence[Any], first: int | None, after: str | None) -> dict[str, Any]:
     """Page a list of records that have an ``id``, in the given order."""
     start = 0
     if after is not None:
-        key = decode_cursor(after)
+        key = decode_cursor(after)[0]
         ids = [r.id for r in records]
         start = ids.index(key) + 1 if key in ids else len(records)
-    size = min(first if first is not None else MAX_PAGE, MAX_PAGE)
+    size = listings.page_size(first)
     page = records[start : start + size]
     return connection(
-        page, [r.id for r in page], len(records), start + size < len(records), start > 0
+        page,
+        [encode_cursor(r.id) for r in page],
+        len(records),
+        start + size < len(records),
+        start > 0,
     )
 
 
@@ -95,30 +68,96 @@ def q_users(
     after: str | None = None,
     ids: list[str] | None = None,
     order_by: str | None = None,
+    keywords: str | None = None,
+    active_status: str | None = None,
 ) -> dict[str, Any]:
-    org = sandbox_of(info).org
-    if order_by is not None:
-        records = sorted_patients(sandbox_of(info), order_by)
-        return paginate(records, first, after)
+    sb = sandbox_of(info)
+    org = sb.org
     if ids is not None:
         found = [p for p in (org.patient(i) for i in ids) if p is not None]
         return paginate(found, first, after)
-    start = 0 if after is None else int(decode_cursor(after)) - PATIENT_BASE + 1
+    served = listings.users(
+        sb,
+        first=first,
+        after=after,
+        order_by=order_by,
+        keywords=keywords,
+        active_status=active_status,
+    )
+    if served is not None:
+        return served
+    if order_by is not None:
+        return paginate(sorted_patients(sb, order_by), first, after)
+    start = 0 if after is None else int(decode_cursor(after)[0]) - PATIENT_BASE + 1
     start = max(0, min(start, org.size))
-    size = min(first if first is not None else MAX_PAGE, MAX_PAGE)
+    size = listings.page_size(first)
     keys = [str(PATIENT_BASE + i) for i in range(start, min(start + size, org.size))]
     patients = [org.patient(k) for k in keys]
-    return connection(patients, keys, org.size, start + size < org.size, start > 0)
+    return connection(
+        patients,
+        [encode_cursor(k) for k in keys],
+        org.size,
+        start + size < org.size,
+        start > 0,
+    )
 
 
 def sorted_patients(sb: Sandbox, order_by: str) -> list[Patient]:
-    """Every patient ordered by ``order_by`` (generates all patients: small sandboxes only)."""
+    """Every patient ordered by a name or e-mail key (generates all patients: the timestamp
+    orders are served from indexes by :func:`sandbox.listings.users`)."""
     field, _, direction = order_by.lower().rpartition("_")
-    if field not in ("created_at", "updated_at", "email", "first_name", "last_name"):
+    if field not in ("email", "first_name", "last_name"):
         raise GraphQLError(f"The sandbox does not support order_by: {order_by}")
     patients = [p for p in (sb.org.patient(i) for i in sb.org.patient_ids()) if p is not None]
     return sorted(
         patients, key=lambda p: (getattr(p, field) or "", p.id), reverse=direction == "desc"
+    )
+
+
+def q_appointments(
+    _: None,
+    info: GraphQLResolveInfo[Sandbox],
+    first: int | None = None,
+    after: str | None = None,
+    order_by: str | None = None,
+    filter: str | None = None,  # noqa: A002 - Healthie's argument name
+    is_org: bool | None = None,
+    user_id: str | None = None,
+    provider_id: str | None = None,
+    is_active: bool | None = None,
+    with_all_statuses: bool | None = None,
+) -> dict[str, Any]:
+    return listings.appointments(
+        sandbox_of(info),
+        q_current_user(None, info).id,
+        first=first,
+        after=after,
+        order_by=order_by,
+        filter=filter,
+        is_org=is_org,
+        user_id=user_id,
+        provider_id=provider_id,
+        is_active=is_active,
+        with_all_statuses=with_all_statuses,
+    )
+
+
+def q_applied_tags(
+    _: None,
+    info: GraphQLResolveInfo[Sandbox],
+    first: int | None = None,
+    after: str | None = None,
+    tag_id: str | None = None,
+    updated_after: str | None = None,
+    updated_before: str | None = None,
+) -> dict[str, Any]:
+    return listings.applied_tags(
+        sandbox_of(info),
+        first=first,
+        after=after,
+        tag_id=tag_id,
+        updated_after=updated_after,
+        updated_before=updated_before,
     )
 
 
@@ -154,6 +193,7 @@ def q_sent_webhooks(
     resource_id: str | None = None,
     resource_type: str | None = None,
     sent_after: str | None = None,
+    sent_before: str | None = None,
 ) -> dict[str, Any]:
     sent = list(reversed(sandbox_of(info).emitter.deliveries))  # newest first
     if failed is not None:
@@ -163,7 +203,11 @@ def q_sent_webhooks(
     if resource_type is not None:
         sent = [d for d in sent if _snake_upper(d.event.resource_id_type) == resource_type]
     if sent_after is not None:
-        sent = [d for d in sent if d.created_at > sent_after]
+        after_ts = epoch(sent_after)
+        sent = [d for d in sent if epoch(d.created_at) > after_ts]
+    if sent_before is not None:
+        before_ts = epoch(sent_before)
+        sent = [d for d in sent if epoch(d.created_at) < before_ts]
     return paginate(sent, first, after)
 
 
@@ -240,6 +284,8 @@ READ_RESOLVERS: dict[tuple[str, str], Resolver] = {
     ("Query", "currentUser"): q_current_user,
     ("Query", "users"): q_users,
     ("Query", "appointment"): q_appointment,
+    ("Query", "appointments"): q_appointments,
+    ("Query", "appliedTags"): q_applied_tags,
     ("Query", "tags"): q_tags,
     ("Query", "webhooks"): q_webhooks,
     ("Query", "sentWebhooks"): q_sent_webhooks,
@@ -251,6 +297,8 @@ READ_RESOLVERS: dict[tuple[str, str], Resolver] = {
     ("User", "active_tags"): u_active_tags,
     ("User", "policies"): u_list("policies"),
     ("User", "billing_items"): u_list("billing_items"),
+    ("AppliedTag", "tag"): lambda t, i: sandbox_of(i).org.tags.get(t.tag_id),
+    ("AppliedTag", "user"): lambda t, i: sandbox_of(i).org.patient(t.user_id),
     ("Appointment", "user"): a_user,
     ("Appointment", "attendees"): a_attendees,
     ("Appointment", "provider"): a_provider,
@@ -259,14 +307,15 @@ READ_RESOLVERS: dict[tuple[str, str], Resolver] = {
     ("Webhook", "event_type"): lambda w, _i: (
         next(iter(w.event_types)) if w.event_types and len(w.event_types) == 1 else None
     ),
-    ("Webhook", "warned_at"): lambda _w, _i: None,
     ("Webhook", "webhook_events"): lambda w, _i: [
         {
             "id": f"{w.id}-{n}",
             "event_type": n,
             "created_at": w.created_at,
-            "updated_at": w.created_at,
-            "retry_count": 0,
+            "updated_at": w.last_failed_at or w.created_at,
+            "retry_count": w.retry_count,
+            "first_failed_at": w.first_failed_at,
+            "last_failed_at": w.last_failed_at,
         }
         for n in sorted(w.event_types or ())
     ],

@@ -3,7 +3,9 @@
 ``POST /graphql`` goes through, in order: injected latency and 5xx faults, authentication,
 the API version header, the rate limit, parsing and validation (cached per query text,
 because the engine sends the same aliased batch document again and again), the complexity
-budget, then execution with graphql-core against the subset schema.
+budget, then execution: plain read queries through the compiled fast path of
+:mod:`sandbox.fastpath` (cached with the parsed document), everything else, and anything the
+fast path gives up on, with graphql-core against the subset schema.
 
 Refusals follow Healthie's guides where they say something:
 
@@ -44,6 +46,7 @@ from starlette.routing import Route
 from sandbox.complexity import complexity
 from sandbox.core import Sandbox
 from sandbox.executable import build_executable_schema
+from sandbox.fastpath import Bail, Plan, Unsupported, compile_query
 from sandbox.versions import HEADER, check_version
 
 UNAUTHENTICATED = (
@@ -57,14 +60,33 @@ TOO_MANY_REQUESTS = {
 
 
 class _Documents:
-    """A small LRU of parsed and validated documents keyed by query text."""
+    """A small LRU of parsed and validated documents keyed by query text, with the compiled
+    fast-path plan of each query operation (None when graphql-core must run it)."""
 
     def __init__(self, schema: GraphQLSchema, size: int = 256) -> None:
         self._schema, self._size = schema, size
         self._cache: OrderedDict[str, tuple[DocumentNode | None, list[GraphQLError]]] = (
             OrderedDict()
         )
+        self._plans: OrderedDict[tuple[int, str | None], Plan | None] = OrderedDict()
         self._lock = Lock()
+
+    def plan(self, document: DocumentNode, op: OperationDefinitionNode) -> Plan | None:
+        """The compiled plan for ``op`` of a cached ``document``."""
+        key = (id(document), op.name.value if op.name else None)
+        with self._lock:
+            if key in self._plans:
+                self._plans.move_to_end(key)
+                return self._plans[key]
+        try:
+            plan: Plan | None = compile_query(self._schema, document, op)
+        except Unsupported:
+            plan = None
+        with self._lock:
+            self._plans[key] = plan
+            if len(self._plans) > self._size:
+                self._plans.popitem(last=False)
+        return plan
 
     def get(self, query: str) -> tuple[DocumentNode | None, list[GraphQLError]]:
         with self._lock:
@@ -101,8 +123,11 @@ def _operation(document: DocumentNode, name: str | None) -> OperationDefinitionN
     return None
 
 
-def create_app(sandbox: Sandbox) -> Starlette:
-    """Return an ASGI app serving ``sandbox`` at ``POST /graphql``."""
+def create_app(sandbox: Sandbox, *, fast_path: bool = True) -> Starlette:
+    """Return an ASGI app serving ``sandbox`` at ``POST /graphql``.
+
+    ``fast_path=False`` executes everything with graphql-core (for comparisons).
+    """
     schema = build_executable_schema()
     documents = _Documents(schema)
 
@@ -133,7 +158,13 @@ def create_app(sandbox: Sandbox) -> Starlette:
 
         if op.operation is OperationType.MUTATION:
             return go()  # sandbox methods lock themselves and deliver webhooks unlocked
+        plan = documents.plan(document, op) if fast_path else None
         with sandbox.lock:
+            if plan is not None:
+                try:
+                    return ExecutionResult(data=plan.execute(schema, sandbox, variables))
+                except Bail:
+                    pass  # graphql-core reports the errors exactly
             return go()
 
     async def graphql_endpoint(request: Request) -> Response:

@@ -78,33 +78,54 @@ fragment SandboxAppointment on Appointment {
 }
 fragment SandboxWebhook on Webhook {
   id url is_enabled should_retry event_type signature_secret warned_at
-  webhook_events { id event_type created_at updated_at retry_count }
+  webhook_events {
+    id event_type created_at updated_at retry_count first_failed_at last_failed_at
+  }
+}
+fragment SandboxAppliedTag on AppliedTag {
+  id created_at updated_at tag_id user_id tag { id name } user { id }
 }
 fragment SandboxPageInfo on PageInfo { has_next_page has_previous_page start_cursor end_cursor }
 fragment SandboxMessages on FieldError { field message }
 
 query SandboxReads(
   $id: ID, $first: Int, $after: String, $ids: [ID], $order_by: UserOrderKeys,
-  $include_deleted: Boolean,
+  $keywords: String, $active_status: String, $include_deleted: Boolean,
+  $appointment_order: AppointmentOrderKeys, $filter: String, $is_org: Boolean, $user_id: ID,
+  $provider_id: ID, $is_active: Boolean, $with_all_statuses: Boolean,
+  $tag_id: ID, $updated_after: ISO8601DateTime, $updated_before: ISO8601DateTime,
   $failed: Boolean, $resource_id: ID, $resource_type: SentWebhookResourceType,
-  $sent_after: ISO8601DateTime
+  $sent_after: ISO8601DateTime, $sent_before: ISO8601DateTime
 ) {
   currentUser { id full_name email }
   user(id: $id) { ...SandboxUser }
-  users(first: $first, after: $after, ids: $ids, order_by: $order_by) {
+  users(first: $first, after: $after, ids: $ids, order_by: $order_by, keywords: $keywords,
+        active_status: $active_status) {
     total_count
     page_info { ...SandboxPageInfo }
     nodes { ...SandboxUser }
     edges { cursor node { ...SandboxUser } }
   }
   appointment(id: $id, include_deleted: $include_deleted) { ...SandboxAppointment }
+  appointments(first: $first, after: $after, order_by: $appointment_order, filter: $filter,
+               is_org: $is_org, user_id: $user_id, provider_id: $provider_id,
+               is_active: $is_active, with_all_statuses: $with_all_statuses) {
+    total_count page_info { ...SandboxPageInfo }
+    nodes { ...SandboxAppointment } edges { cursor node { ...SandboxAppointment } }
+  }
+  appliedTags(first: $first, after: $after, tag_id: $tag_id, updated_after: $updated_after,
+              updated_before: $updated_before) {
+    total_count page_info { ...SandboxPageInfo }
+    nodes { ...SandboxAppliedTag } edges { cursor node { ...SandboxAppliedTag } }
+  }
   tags(ids: $ids) { id name created_at updated_at }
   webhooks(first: $first, after: $after) {
     total_count page_info { ...SandboxPageInfo }
     nodes { ...SandboxWebhook } edges { cursor node { ...SandboxWebhook } }
   }
   sentWebhooks(first: $first, after: $after, failed: $failed, resource_id: $resource_id,
-               resource_type: $resource_type, sent_after: $sent_after) {
+               resource_type: $resource_type, sent_after: $sent_after,
+               sent_before: $sent_before) {
     total_count page_info { ...SandboxPageInfo }
     nodes { id created_at event_type http_response_status resource_id resource_id_type
             url webhook_id }
@@ -169,8 +190,12 @@ INPUT_FIELDS: dict[str, frozenset[str]] = {
     ),
     "deleteAppointmentInput": frozenset("id suppress_webhook_notifications".split()),
     "createTaskInput": frozenset("content client_id user_id due_date priority complete".split()),
-    "createWebhookInput": frozenset("url is_enabled should_retry webhook_events".split()),
-    "updateWebhookInput": frozenset("id url is_enabled should_retry webhook_events".split()),
+    "createWebhookInput": frozenset(
+        "url event_type is_enabled should_retry webhook_events".split()
+    ),
+    "updateWebhookInput": frozenset(
+        "id url event_type is_enabled should_retry webhook_events".split()
+    ),
 }
 
 

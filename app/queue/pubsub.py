@@ -6,7 +6,7 @@ Names map one to one: topic ``work`` is ``projects/{project}/topics/work`` and s
 for both backends. With ``PUBSUB_EMULATOR_HOST`` set, the Google clients talk to the emulator.
 
 How the contract maps onto Pub/Sub, and where it cannot match ``SqliteQueue`` exactly
-(tests/test_queue_contract.py pins each of these per backend):
+(tests/test_queue_contract.py pins these per backend):
 
 * **Limits are clamped, not refused.** Ack deadlines become 10..600 s, ``max_delivery_attempts``
   5..100, retention 10 min..7 days, nack delays 0..600 s (rounded *up* to whole seconds, so a
@@ -39,7 +39,8 @@ How the contract maps onto Pub/Sub, and where it cannot match ``SqliteQueue`` ex
   embedded backend behaves the same way.
 * Subscriptions never expire (Pub/Sub deletes idle ones after 31 days by default, which would
   silently drop a dead-letter subscription nobody has pulled for a month). Message order is
-  not guaranteed, and acking unknown or stale ack ids is ignored, as in ``SqliteQueue``.
+  not guaranteed. Stale ack ids are ignored, as in ``SqliteQueue``; an unknown subscription
+  in ``ack``/``nack`` is a ``ConfigurationError`` here, where ``SqliteQueue`` ignores it.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry, if_exception_type
-from google.cloud import pubsub_v1
+from google.auth.exceptions import GoogleAuthError
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.protobuf import duration_pb2
 from google.pubsub_v1 import types
 
@@ -138,8 +140,13 @@ class PubSubQueue:
         self._project = project
         self._owns_publisher = publisher is None
         self._owns_subscriber = subscriber is None
-        self._publisher = publisher if publisher is not None else pubsub_v1.PublisherClient()
-        self._subscriber = subscriber if subscriber is not None else pubsub_v1.SubscriberClient()
+        try:
+            self._publisher = pubsub_v1.PublisherClient() if publisher is None else publisher
+            self._subscriber = pubsub_v1.SubscriberClient() if subscriber is None else subscriber
+        except GoogleAuthError as exc:
+            raise ConfigurationError(
+                f"no Google credentials for Pub/Sub project {project!r}: {exc}"
+            ) from exc
         self._publish_timeout = publish_timeout
         self._pull_timeout = pull_timeout
         self._retry = Retry(
