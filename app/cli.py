@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from app.models import Cadence
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
+    from workers.replay import ReplayFilter
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -61,6 +65,113 @@ def flush(cadence: Annotated[Cadence, typer.Argument(help="Which cadence to flus
         typer.echo(json.dumps({"flush_id": result.flush_id, **counts.model_dump()}))
     finally:
         runtime.close()
+
+
+dlq = typer.Typer(help="Dead-lettered work: list and replay.", no_args_is_help=True)
+cli.add_typer(dlq, name="dlq")
+
+
+def _runtime() -> Runtime:
+    from app.runtime import build_runtime
+    from app.settings import Settings
+
+    return build_runtime(Settings())
+
+
+@cli.command()
+def runs(
+    integration: str | None = typer.Option(None, help="Only this integration."),
+    limit: int = typer.Option(20, help="How many, newest first."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """List flush runs with their counts."""
+    from rich.console import Console
+    from rich.table import Table
+
+    runtime = _runtime()
+    try:
+        records = runtime.state.list_runs(integration, limit)
+    finally:
+        runtime.close()
+    if as_json:
+        for run in records:
+            typer.echo(run.model_dump_json())
+        return
+    table = Table("run", "integration", "cadence", "started", "status", "marks", "patients",
+                  "processed", "unchanged", "writes", "dead")
+    for run in records:
+        c = run.counts
+        table.add_row(run.run_id, run.integration_id, run.cadence.value,
+                      f"{run.started_at:%Y-%m-%d %H:%M:%S}", run.status, str(run.marks_drained),
+                      str(run.patients), str(c.processed), str(c.skipped_unchanged),
+                      str(c.writes), str(c.dead_lettered))
+    Console().print(table)
+
+
+def _filter(integration: str | None, patient: str | None, error: str | None,
+            since: str | None, until: str | None) -> ReplayFilter:
+    from datetime import datetime
+
+    from workers.replay import ReplayFilter
+
+    def when(value: str | None) -> datetime | None:
+        return datetime.fromisoformat(value) if value else None
+
+    return ReplayFilter(integration_id=integration, patient_id=patient, error_kind=error,
+                        since=when(since), until=when(until))
+
+
+_INTEGRATION = typer.Option(None, help="Only this integration.")
+_PATIENT = typer.Option(None, help="Only this patient id.")
+_ERROR = typer.Option(None, help="Only this error kind (e.g. target_rejected).")
+_SINCE = typer.Option(None, help="Dead-lettered at or after (ISO 8601, with offset).")
+_UNTIL = typer.Option(None, help="Dead-lettered at or before (ISO 8601, with offset).")
+
+
+@dlq.command("list")
+def dlq_list(integration: str | None = _INTEGRATION, patient: str | None = _PATIENT,
+             error: str | None = _ERROR, since: str | None = _SINCE,
+             until: str | None = _UNTIL) -> None:
+    """Show dead-lettered work items with the reason and last error."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from workers.replay import list_dead_letters
+
+    runtime = _runtime()
+    try:
+        dead = list_dead_letters(runtime.queue, _filter(integration, patient, error, since, until))
+    finally:
+        runtime.close()
+    table = Table("message", "integration", "patient", "kind", "attempts", "at", "plan", "error")
+    for d in dead:
+        table.add_row(d.message_id[:12], d.integration_id, d.patient_id, d.error_kind,
+                      str(d.delivery_attempt),
+                      f"{d.dead_lettered_at:%Y-%m-%d %H:%M}" if d.dead_lettered_at else "",
+                      "yes" if d.has_plan else "", d.error[:80])
+    Console().print(table)
+
+
+@dlq.command("replay")
+def dlq_replay(integration: str | None = _INTEGRATION, patient: str | None = _PATIENT,
+               error: str | None = _ERROR, since: str | None = _SINCE,
+               until: str | None = _UNTIL,
+               yes: bool = typer.Option(False, "--yes", help="Replay; without it, a preview."),
+               rate: float = typer.Option(10.0, help="Replays per second at most.")) -> None:
+    """Put dead-lettered items back on the work queue (preview unless --yes)."""
+    from workers.replay import replay
+
+    runtime = _runtime()
+    try:
+        report = replay(runtime.queue, _filter(integration, patient, error, since, until),
+                        preview=not yes, rate_per_second=rate)
+    finally:
+        runtime.close()
+    if report.preview:
+        hint = " (run again with --yes)" if report.selected else ""
+        typer.echo(f"scanned {report.scanned}, would replay {len(report.selected)}{hint}")
+    else:
+        typer.echo(f"scanned {report.scanned}, replayed {report.replayed}")
 
 
 @cli.command()

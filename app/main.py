@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from fastapi import FastAPI, Header, HTTPException
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from app.flush_auth import FlushAuthorizer, Verifier
-from app.models import Cadence
+from app.models import Cadence, RunRecord
 from app.runtime import Runtime
 from app.webhooks import build_router
+from workers.replay import DeadLetter, ReplayFilter, ReplayReport, list_dead_letters, replay
 
 
 class Health(BaseModel):
@@ -63,4 +66,54 @@ def create_app(runtime: Runtime, *, oidc_verifier: Verifier | None = None) -> Fa
             unresolved_marks=result.unresolved_marks,
         )
 
+    def require_operator(authorization: str | None) -> None:
+        if not authorizer.allowed(authorization):
+            raise HTTPException(401, "unauthorized")
+
+    @app.get("/ops/runs")
+    def ops_runs(
+        integration: str | None = None,
+        limit: int = 20,
+        authorization: str | None = Header(default=None),
+    ) -> list[RunRecord]:
+        require_operator(authorization)
+        return runtime.state.list_runs(integration, min(max(limit, 1), 500))
+
+    @app.get("/ops/dead-letters")
+    async def ops_dead_letters(
+        integration: str | None = None,
+        patient: str | None = None,
+        error_kind: str | None = None,
+        authorization: str | None = Header(default=None),
+    ) -> list[DeadLetter]:
+        require_operator(authorization)
+        selector = ReplayFilter(integration_id=integration, patient_id=patient,
+                                error_kind=error_kind)
+        return await run_in_threadpool(list_dead_letters, runtime.queue, selector)
+
+    @app.post("/ops/replay")
+    async def ops_replay(
+        request: ReplayRequest, authorization: str | None = Header(default=None)
+    ) -> ReplayReport:
+        require_operator(authorization)
+        selector = ReplayFilter(integration_id=request.integration, patient_id=request.patient,
+                                error_kind=request.error_kind, since=request.since,
+                                until=request.until)
+        return await run_in_threadpool(
+            lambda: replay(runtime.queue, selector, preview=request.preview,
+                           rate_per_second=request.rate_per_second)
+        )
+
     return app
+
+
+class ReplayRequest(BaseModel):
+    """``POST /ops/replay`` body; a preview unless ``preview`` is false."""
+
+    integration: str | None = None
+    patient: str | None = None
+    error_kind: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    preview: bool = True
+    rate_per_second: float = Field(default=10.0, gt=0, le=1000)

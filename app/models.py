@@ -40,19 +40,6 @@ class DirtyMark(BaseModel):
     merged_into: str | None = None  # set on the source of patient.merged
 
 
-class WorkItem(BaseModel):
-    """One patient of one integration to process end to end."""
-
-    model_config = ConfigDict(frozen=True)
-
-    integration_id: str
-    patient_id: str
-    flush_id: str
-    dirty_since: datetime
-    reasons: tuple[str, ...] = ()
-    replay_of: str | None = None  # dead-letter id this item replays, if any
-
-
 class WriteOperation(BaseModel):
     """One typed connector call: ``target`` names a configured target of the integration."""
 
@@ -79,6 +66,24 @@ class WritePlan(BaseModel):
     def skip(cls, patient_id: str, reason: str, *, backend: str = "") -> WritePlan:
         """A plan that writes nothing, with the reason recorded."""
         return cls(patient_id=patient_id, action="skip", skip_reason=reason, backend=backend)
+
+
+class WorkItem(BaseModel):
+    """One patient of one integration to process end to end."""
+
+    model_config = ConfigDict(frozen=True)
+
+    integration_id: str
+    patient_id: str
+    flush_id: str
+    dirty_since: datetime
+    reasons: tuple[str, ...] = ()
+    replay_of: str | None = None  # dead-letter message id this item replays, if any
+    replayed_at: datetime | None = None
+    # A replay carries the plan computed before the failure, and the content hash of the entry
+    # it was computed for: if the entry is unchanged, the plan is re-executed without the agent.
+    plan: WritePlan | None = None
+    plan_entry_hash: str | None = None
 
 
 class Entry(BaseModel):

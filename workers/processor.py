@@ -26,6 +26,17 @@ log = logging.getLogger(__name__)
 Outcome = Literal["written", "plan_skipped", "unchanged"]
 
 
+class ItemFailed(Exception):  # noqa: N818 - a wrapper, the cause is the error
+    """A work item failed after its WritePlan was computed: the plan travels with the failure
+    into the dead-letter queue, so a replay can re-execute it without another agent call."""
+
+    def __init__(self, cause: Exception, plan: WritePlan, entry_hash: str) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.plan = plan
+        self.entry_hash = entry_hash
+
+
 @dataclass(frozen=True)
 class ItemResult:
     """What processing one work item did."""
@@ -69,9 +80,15 @@ def process_item(runtime: Runtime, item: WorkItem, raw: dict[str, object] | None
     ):
         return ItemResult("unchanged")
     connectors = runtime.connectors(item.integration_id)
-    plan = runtime.agent(item.integration_id).decide(integration, entry, previous)
-    validate_plan(plan, entry, connectors)
-    writes, changed = _execute(plan, connectors, integration.mode)
+    if item.plan is not None and item.plan_entry_hash == entry.content_hash:
+        plan = item.plan  # a replay of an unchanged entry: the stored plan, no agent call
+    else:
+        plan = runtime.agent(item.integration_id).decide(integration, entry, previous)
+    try:
+        validate_plan(plan, entry, connectors)
+        writes, changed = _execute(plan, connectors, integration.mode)
+    except Exception as exc:
+        raise ItemFailed(exc, plan, entry.content_hash) from exc
     outcome: Outcome = "written" if plan.action == "write" else "plan_skipped"
     runtime.state.put_patient(
         PatientState(
@@ -92,7 +109,8 @@ def process_item(runtime: Runtime, item: WorkItem, raw: dict[str, object] | None
             at=datetime.now(UTC),
             outcome=outcome,
             operations=[f"{op.target}.{op.operation}" for op in plan.operations],
-            detail=plan.skip_reason or plan.rationale,
+            detail=(f"replay of {item.replay_of}; " if item.replay_of else "")
+            + (plan.skip_reason or plan.rationale),
         )
     )
     return ItemResult(outcome, writes=writes, changed_writes=changed)

@@ -34,7 +34,7 @@ from app.queue.base import Message
 from app.queue.topology import WORK_DLQ_TOPIC, WORK_SUBSCRIPTION
 from app.runtime import Runtime
 from app.state.base import AuditRecord
-from workers.processor import fetch_entries, process_item
+from workers.processor import ItemFailed, fetch_entries, process_item
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,9 @@ def _backoff(attempt: int, retry_after: float | None) -> float:
     return max(retry_after or 0.0, min(300.0, 2.0 ** min(attempt, 8)))
 
 
-def _dead_letter(runtime: Runtime, message: Message, kind: str, reason: str) -> None:
+def _dead_letter(
+    runtime: Runtime, message: Message, kind: str, reason: str, data: bytes | None = None
+) -> None:
     attributes = dict(message.attributes)
     attributes.update(
         {
@@ -57,7 +59,7 @@ def _dead_letter(runtime: Runtime, message: Message, kind: str, reason: str) -> 
             "dead_lettered_at": datetime.now(UTC).isoformat(),
         }
     )
-    runtime.queue.publish(WORK_DLQ_TOPIC, message.data, attributes)
+    runtime.queue.publish(WORK_DLQ_TOPIC, data if data is not None else message.data, attributes)
 
 
 def process_batch(runtime: Runtime, messages: list[Message]) -> Counts:
@@ -90,8 +92,9 @@ def process_batch(runtime: Runtime, messages: list[Message]) -> Counts:
             result = process_item(runtime, item, raw)
         except Exception as exc:  # noqa: BLE001 - every failure is classified in _settle
             _settle(runtime, message, item, exc, counts, max_attempts)
-            if isinstance(exc, ConfigurationError):
-                stop = exc
+            cause = exc.cause if isinstance(exc, ItemFailed) else exc
+            if isinstance(cause, ConfigurationError):
+                stop = cause
             continue
         queue.ack(WORK_SUBSCRIPTION, [message.ack_id])
         if result.outcome == "unchanged":
@@ -113,6 +116,13 @@ def _settle(
     max_attempts: int,
 ) -> None:
     queue = runtime.queue
+    dead_data: bytes | None = None
+    if isinstance(exc, ItemFailed):
+        # Keep the computed plan with the dead letter so a replay need not ask the agent again.
+        dead_data = item.model_copy(
+            update={"plan": exc.plan, "plan_entry_hash": exc.entry_hash}
+        ).model_dump_json().encode()
+        exc = exc.cause
     kind = exc.kind if isinstance(exc, HealthieSyncError) else "unexpected"
     # Error texts are built from ids only (see app.errors); still, never log payloads here.
     reason = f"{type(exc).__name__}: {exc}"
@@ -132,7 +142,7 @@ def _settle(
     if isinstance(exc, FatalError) or (
         not isinstance(exc, ConfigurationError) and message.delivery_attempt >= max_attempts
     ):
-        _dead_letter(runtime, message, kind, reason)
+        _dead_letter(runtime, message, kind, reason, dead_data)
         queue.ack(WORK_SUBSCRIPTION, [message.ack_id])
         counts.dead_lettered += 1
         log.error("work item dead-lettered (integration=%s patient=%s kind=%s)",

@@ -1,0 +1,119 @@
+"""Dead-letter listing and replay: filters, preview, provenance, stored-plan re-execution."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import httpx2
+import pytest
+
+from app.queue.topology import WORK_DLQ_SUBSCRIPTION, WORK_SUBSCRIPTION
+from tests.helpers import demo_runtime
+from tests.test_workers import FakeHealthie, work
+from workers.replay import ReplayFilter, list_dead_letters, replay
+from workers.subscriber import drain
+
+
+@pytest.fixture
+def fake():
+    return FakeHealthie()
+
+
+@pytest.fixture
+def runtime(tmp_path, fake):
+    rt = demo_runtime(tmp_path, http_transport=httpx2.MockTransport(fake))
+    yield rt
+    rt.close()
+
+
+def _fail_writes(runtime, monkeypatch):
+    from app.errors import TargetRejected
+
+    warehouse = runtime.connectors("demo-clinic")["warehouse"]
+
+    def refuse(operation, args):
+        raise TargetRejected("warehouse refused the row")
+
+    monkeypatch.setattr(warehouse, "execute", refuse)
+    return warehouse
+
+
+def test_failed_write_dead_letters_with_its_plan_and_replays_without_the_agent(
+        runtime, fake, monkeypatch):
+    _fail_writes(runtime, monkeypatch)
+    work(runtime, "1", "2")
+    assert drain(runtime).dead_lettered == 2
+    dead = list_dead_letters(runtime.queue)
+    assert sorted(d.patient_id for d in dead) == ["1", "2"]
+    assert all(d.has_plan and d.error_kind == "target_rejected" for d in dead)
+    assert len(list_dead_letters(runtime.queue)) == 2  # listing changed nothing
+
+    monkeypatch.undo()  # the warehouse accepts writes again
+    agent = runtime.agent("demo-clinic")
+    calls = []
+    original = agent.decide
+    monkeypatch.setattr(agent, "decide", lambda *a: calls.append(a) or original(*a))
+    fake.patients["2"]["first_name"] = "Changed since"  # entry 2 changed: decide again
+
+    preview = replay(runtime.queue, ReplayFilter(integration_id="demo-clinic"), preview=True)
+    assert (preview.replayed, len(preview.selected)) == (0, 2)
+    report = replay(runtime.queue, ReplayFilter(integration_id="demo-clinic"), preview=False,
+                    rate_per_second=0)
+    assert report.replayed == 2
+    assert runtime.queue.pull(WORK_DLQ_SUBSCRIPTION) == []
+
+    counts = drain(runtime)
+    assert (counts.processed, counts.dead_lettered) == (2, 0)
+    assert len(calls) == 1  # only the changed entry went back to the agent
+    rows = runtime.connectors("demo-clinic")["warehouse"].rows
+    assert rows[("patients", "2")]["first_name"] == "Changed since"
+    audit = runtime.state.list_audit("demo-clinic", "1")
+    assert audit[-1].detail.startswith("replay of ")
+
+
+def test_filters_select_by_patient_kind_and_time(runtime, fake, monkeypatch):
+    _fail_writes(runtime, monkeypatch)
+    work(runtime, "1", "2", "3")
+    drain(runtime)
+    fake.fail_status = 400
+    work(runtime, "4")
+    drain(runtime)
+    everything = list_dead_letters(runtime.queue)
+    assert len(everything) == 4
+    assert [d.patient_id for d in list_dead_letters(
+        runtime.queue, ReplayFilter(error_kind="invalid_response"))] == ["4"]
+    assert [d.patient_id for d in list_dead_letters(
+        runtime.queue, ReplayFilter(patient_id="2"))] == ["2"]
+    future = datetime.now(UTC) + timedelta(hours=1)
+    assert list_dead_letters(runtime.queue, ReplayFilter(since=future)) == []
+    report = replay(runtime.queue, ReplayFilter(patient_id="3"), preview=False, rate_per_second=0)
+    assert report.replayed == 1
+    assert sorted(d.patient_id for d in list_dead_letters(runtime.queue)) == ["1", "2", "4"]
+    (requeued,) = runtime.queue.pull(WORK_SUBSCRIPTION)
+    assert requeued.attributes["replay_of"] == report.selected[0].message_id
+
+
+def test_ops_endpoints_need_auth_and_replay(tmp_path, fake, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    rt = demo_runtime(tmp_path, http_transport=httpx2.MockTransport(fake),
+                      flush_token="operator-token-123")
+    client = TestClient(create_app(rt))
+    auth = {"Authorization": "Bearer operator-token-123"}
+    assert client.get("/ops/runs").status_code == 401
+    assert client.get("/ops/dead-letters").status_code == 401
+    assert client.post("/ops/replay", json={}).status_code == 401
+    fake.fail_status = 400
+    work(rt, "1")
+    drain(rt)
+    (dead,) = client.get("/ops/dead-letters", headers=auth).json()
+    assert (dead["patient_id"], dead["error_kind"]) == ("1", "invalid_response")
+    preview = client.post("/ops/replay", json={"patient": "1"}, headers=auth).json()
+    assert (preview["preview"], preview["replayed"], len(preview["selected"])) == (True, 0, 1)
+    done = client.post("/ops/replay", json={"patient": "1", "preview": False,
+                                            "rate_per_second": 1000}, headers=auth).json()
+    assert done["replayed"] == 1
+    assert client.get("/ops/runs", headers=auth).status_code == 200
+    rt.close()
