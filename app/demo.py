@@ -27,7 +27,7 @@ from app.config import TargetConfig, load_integration
 from app.main import create_app
 from app.models import Counts
 from app.queue.sqlite import SqliteQueue
-from app.queue.topology import ensure_topology
+from app.queue.topology import ensure_topology_for
 from app.runtime import Runtime
 from app.secrets import MemorySecretStore
 from app.serving import serve_in_thread
@@ -85,7 +85,7 @@ def _runtime(data: Path, sandbox_url: str, api_key: str, webhook_secret: str) ->
     )
     settings = Settings(data_dir=data)
     queue = SqliteQueue(data / "queue.db")
-    ensure_topology(queue, settings.work_max_delivery_attempts)
+    ensure_topology_for(queue, settings)
     return Runtime(
         settings=settings,
         integrations={integration.id: integration},

@@ -158,11 +158,11 @@ def build_secrets(settings: Settings) -> SecretStore:
 
 def build_runtime(settings: Settings, *, secrets: SecretStore | None = None) -> Runtime:
     """Assemble a runtime from settings and the integration config directory."""
-    from app.queue.topology import ensure_topology
+    from app.queue.topology import ensure_topology_for
 
     integrations = load_integrations(settings.config_dir)
     queue = build_queue(settings)
-    ensure_topology(queue, settings.work_max_delivery_attempts)
+    ensure_topology_for(queue, settings)
     return Runtime(
         settings=settings,
         integrations=integrations,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from app.models import Cadence
 from app.queue.base import Queue, SubscriptionSpec
+from app.settings import Settings
 
 DIRTY_TOPIC = "dirty"
 WORK_TOPIC = "work"
@@ -20,14 +21,19 @@ def dirty_subscription(cadence: Cadence) -> str:
     return f"dirty-{cadence.value.replace('_', '-')}"
 
 
-def subscriptions(work_max_delivery_attempts: int = 5) -> list[SubscriptionSpec]:
+def subscriptions(
+    work_max_delivery_attempts: int = 5,
+    *,
+    work_ack_deadline_seconds: int = 300,
+    dirty_ack_deadline_seconds: int = 600,
+) -> list[SubscriptionSpec]:
     """Every subscription the engine needs, per cadence for dirty marks."""
     specs = [
         SubscriptionSpec(
             name=dirty_subscription(c),
             topic=DIRTY_TOPIC,
             filter={"cadence": c.value},
-            ack_deadline_seconds=600,
+            ack_deadline_seconds=dirty_ack_deadline_seconds,
             retention_seconds=DIRTY_RETENTION_SECONDS,
         )
         for c in Cadence
@@ -36,7 +42,7 @@ def subscriptions(work_max_delivery_attempts: int = 5) -> list[SubscriptionSpec]
         SubscriptionSpec(
             name=WORK_SUBSCRIPTION,
             topic=WORK_TOPIC,
-            ack_deadline_seconds=300,
+            ack_deadline_seconds=work_ack_deadline_seconds,
             max_delivery_attempts=work_max_delivery_attempts,
             dead_letter_topic=WORK_DLQ_TOPIC,
         )
@@ -45,9 +51,29 @@ def subscriptions(work_max_delivery_attempts: int = 5) -> list[SubscriptionSpec]
     return specs
 
 
-def ensure_topology(queue: Queue, work_max_delivery_attempts: int = 5) -> None:
+def ensure_topology(
+    queue: Queue,
+    work_max_delivery_attempts: int = 5,
+    *,
+    work_ack_deadline_seconds: int = 300,
+    dirty_ack_deadline_seconds: int = 600,
+) -> None:
     """Create every topic and subscription (idempotent; safe at every start-up)."""
     for topic in (DIRTY_TOPIC, WORK_TOPIC, WORK_DLQ_TOPIC):
         queue.ensure_topic(topic)
-    for spec in subscriptions(work_max_delivery_attempts):
+    for spec in subscriptions(
+        work_max_delivery_attempts,
+        work_ack_deadline_seconds=work_ack_deadline_seconds,
+        dirty_ack_deadline_seconds=dirty_ack_deadline_seconds,
+    ):
         queue.ensure_subscription(spec)
+
+
+def ensure_topology_for(queue: Queue, settings: Settings) -> None:
+    """``ensure_topology`` with the deadlines and attempts the settings name."""
+    ensure_topology(
+        queue,
+        settings.work_max_delivery_attempts,
+        work_ack_deadline_seconds=settings.work_ack_deadline_seconds,
+        dirty_ack_deadline_seconds=settings.dirty_ack_deadline_seconds,
+    )
