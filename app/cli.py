@@ -36,17 +36,56 @@ def serve(
     host: str = typer.Option("0.0.0.0", help="Interface to listen on."),  # noqa: S104
     port: int = typer.Option(8080, envvar="PORT", help="Port (Cloud Run sets PORT)."),
 ) -> None:
-    """Serve webhooks and flush triggers with the configured backends."""
+    """Serve webhooks, flush triggers and operator routes; process work in the background;
+    fire flushes on schedule when HEALTHIE_SYNC_SCHEDULER=embedded (the local default)."""
     import uvicorn
 
     from app.main import create_app
-    from app.runtime import build_runtime
-    from app.settings import Settings
+    from app.scheduler import EmbeddedScheduler
+    from workers.flusher import flush as run_flush
+    from workers.loop import WorkerLoop
 
-    runtime = build_runtime(Settings())
+    runtime = _runtime()
+    for problem in runtime.check_secrets():
+        typer.echo(f"warning: {problem}", err=True)
+    loop = WorkerLoop(runtime, concurrency=runtime.settings.worker_concurrency)
+    scheduler = None
+    if runtime.settings.scheduler == "embedded":
+        scheduler = EmbeddedScheduler(lambda cadence: run_flush(runtime, cadence))
+        scheduler.start()
+    loop.start()
     try:
         uvicorn.run(create_app(runtime), host=host, port=port, log_level="info")
     finally:
+        if scheduler is not None:
+            scheduler.stop()
+        loop.stop()
+        runtime.close()
+
+
+@cli.command()
+def work(
+    concurrency: int = typer.Option(2, help="Worker threads."),
+) -> None:
+    """Process queued work until interrupted (no HTTP server, no scheduler)."""
+    import signal
+    import threading
+
+    from workers.loop import WorkerLoop
+
+    runtime = _runtime()
+    loop = WorkerLoop(runtime, concurrency=concurrency)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    loop.start()
+    try:
+        while not stop.wait(1.0):
+            if loop.stopped_by:
+                raise typer.Exit(2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        loop.stop()
         runtime.close()
 
 

@@ -59,6 +59,19 @@ class Runtime:
             self._webhook_secrets[integration_id] = cached
         return cached
 
+    def check_secrets(self) -> list[str]:
+        """Problems resolving each integration's secrets (empty when all resolve)."""
+        problems = []
+        for integration in self.integrations.values():
+            refs = [integration.healthie.api_key_secret, *integration.healthie.webhook_secrets]
+            refs += [r for t in integration.targets for r in t.credentials.values()]
+            for ref in refs:
+                try:
+                    self.secrets.get(ref)
+                except ConfigurationError as exc:
+                    problems.append(f"{integration.id}: {exc}")
+        return problems
+
     def reload_secrets(self) -> None:
         """Forget cached secrets so the next request reads them again (after a rotation)."""
         self._webhook_secrets.clear()

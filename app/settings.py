@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     public_webhook_path: str | None = None
     max_webhook_body_bytes: int = Field(default=1_048_576, gt=0)
     work_max_delivery_attempts: int = Field(default=5, ge=1, le=100)
+    # "embedded" fires flushes in-process on the Cloud Scheduler calendar (local default);
+    # "external" leaves it to Cloud Scheduler calling POST /flush/{cadence}.
+    scheduler: Literal["embedded", "external"] = "embedded"
+    worker_concurrency: int = Field(default=2, ge=0, le=64)
     # A lease that outlives a crashed worker or flusher hands its messages to another.
     work_ack_deadline_seconds: int = Field(default=300, ge=1, le=600)
     dirty_ack_deadline_seconds: int = Field(default=600, ge=1, le=600)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ValidationError
 
-from app.errors import QueueUnavailable
+from app.errors import ConfigurationError, QueueUnavailable
 from app.events import WebhookPayload, resolve_event
 from app.publish_batcher import PublishBatcher
 from app.queue.topology import DIRTY_TOPIC
@@ -70,8 +70,15 @@ def build_router(runtime: Runtime) -> APIRouter:
         path = request.url.path
         if runtime.settings.public_webhook_path:
             path = runtime.settings.public_webhook_path.format(integration_id=integration_id)
+        try:
+            secrets = runtime.webhook_secrets(integration_id)
+        except ConfigurationError as exc:
+            # Our misconfiguration, not the sender's: 503 so Healthie retries once it is fixed.
+            stats.count("unconfigured")
+            log.error("webhook not verifiable for %s: %s", integration_id, exc)  # noqa: TRY400
+            raise HTTPException(503, "temporarily unavailable") from None
         if not verify_healthie_signature(
-            secrets=runtime.webhook_secrets(integration_id),
+            secrets=secrets,
             method=request.method,
             path=path,
             query=request.url.query,

@@ -123,3 +123,15 @@ def test_flush_route_needs_the_token(tmp_path):
     assert ok.json()["work_items"] == 0
     assert c.post("/flush/monthly", headers={"Authorization": "Bearer x"}).status_code == 422
     rt.close()
+
+
+def test_missing_signing_secret_is_503_not_500(tmp_path):
+    from app.secrets import MemorySecretStore
+
+    rt = demo_runtime(tmp_path)
+    rt.secrets = MemorySecretStore({})
+    b = body()
+    response = TestClient(create_app(rt)).post(PATH, content=b, headers=signed(b))
+    assert response.status_code == 503
+    assert rt.check_secrets()  # names what is missing
+    rt.close()
