@@ -1,12 +1,17 @@
-"""The agent interface and the plan validator every backend's output passes through."""
+"""The agent interface and the plan validator every backend's output passes through.
+
+Every backend implements ``decide`` (one entry). A backend that can do better for many entries
+at once (the Claude backend's Message Batches) also implements ``decide_many``; callers use the
+module-level ``decide_many(agent, ...)``, which falls back to ``decide`` per entry.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Protocol, runtime_checkable
 
 from app.config import Integration
-from app.errors import PlanValidationError
+from app.errors import HealthieSyncError, PlanValidationError
 from app.models import Entry, WritePlan
 from app.state.base import PatientState
 from connectors.base import Connector
@@ -22,6 +27,44 @@ class Agent(Protocol):
     ) -> WritePlan:
         """The WritePlan for ``entry``; ``previous`` is the last processed version, if any."""
         ...
+
+
+#: One entry to decide and the patient's previously processed state (None on a first run).
+DecideItem = tuple[Entry, PatientState | None]
+
+
+@runtime_checkable
+class BatchAgent(Agent, Protocol):
+    """An agent with an optional many-entries method (``decide`` stays the required one)."""
+
+    def decide_many(
+        self, integration: Integration, items: Sequence[DecideItem]
+    ) -> list[WritePlan | Exception]:
+        """Plans for ``items`` in order; a failed item's slot holds its engine error
+        (``app.errors`` kinds), so one bad entry never fails the others."""
+        ...
+
+
+def decide_each(
+    agent: Agent, integration: Integration, items: Sequence[DecideItem]
+) -> list[WritePlan | Exception]:
+    """``decide`` for each item in turn, engine errors captured per item (bugs still raise)."""
+    out: list[WritePlan | Exception] = []
+    for entry, previous in items:
+        try:
+            out.append(agent.decide(integration, entry, previous))
+        except HealthieSyncError as exc:
+            out.append(exc)
+    return out
+
+
+def decide_many(
+    agent: Agent, integration: Integration, items: Sequence[DecideItem]
+) -> list[WritePlan | Exception]:
+    """The agent's ``decide_many`` when it has one, else ``decide_each``."""
+    if isinstance(agent, BatchAgent):
+        return agent.decide_many(integration, items)
+    return decide_each(agent, integration, items)
 
 
 def validate_plan(plan: WritePlan, entry: Entry, connectors: Mapping[str, Connector]) -> None:

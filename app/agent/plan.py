@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import jmespath
 from jmespath.exceptions import JMESPathError
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.agent.base import DecideItem, decide_each
 from app.agent.transforms import apply_transform
 from app.config import Integration
 from app.errors import ConfigurationError, FatalError
@@ -180,3 +182,9 @@ class PlanAgent:
             rationale=f"compiled plan v{self.plan.version}",
             backend=self.name,
         )
+
+    def decide_many(
+        self, integration: Integration, items: Sequence[DecideItem]
+    ) -> list[WritePlan | Exception]:
+        """``decide`` per entry (a compiled plan has nothing to gain from batching)."""
+        return decide_each(self, integration, items)
