@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -211,6 +212,29 @@ def dlq_replay(integration: str | None = _INTEGRATION, patient: str | None = _PA
         typer.echo(f"scanned {report.scanned}, would replay {len(report.selected)}{hint}")
     else:
         typer.echo(f"scanned {report.scanned}, replayed {report.replayed}")
+
+
+@cli.command(name="compile")
+def compile_plan(
+    integration_id: str,
+    out: Annotated[
+        Path | None, typer.Option(help="Plan file to write (default: agent.plan).")
+    ] = None,
+) -> None:
+    """Ask Claude once to compile the instruction document into a plan file to review."""
+    from app.agent.compile import run_compile
+
+    runtime = _runtime()
+    try:
+        integration = runtime.integration(integration_id)
+        target = out or integration.agent.plan or Path(f"prompts/plans/{integration_id}.plan.json")
+        message = run_compile(integration, runtime.connectors(integration_id),
+                              runtime.anthropic_client(), target)
+    finally:
+        runtime.close()
+    typer.echo(message)
+    if message.startswith("Not compiled:"):
+        raise typer.Exit(1)
 
 
 hooks = typer.Typer(help="Healthie webhooks: status, sync, test, rotate.", no_args_is_help=True)

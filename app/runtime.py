@@ -22,6 +22,8 @@ from app.settings import Settings
 from app.state.base import StateStore
 
 if TYPE_CHECKING:
+    import anthropic
+
     from app.agent.base import Agent
     from connectors.base import Connector
 
@@ -41,6 +43,7 @@ class Runtime:
     _agents: dict[str, Agent] = field(default_factory=dict)
     _connectors: dict[str, dict[str, Connector]] = field(default_factory=dict)
     _webhook_secrets: dict[str, list[str]] = field(default_factory=dict)
+    _anthropic: anthropic.Anthropic | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def integration(self, integration_id: str) -> Integration:
@@ -93,6 +96,22 @@ class Runtime:
                 self._healthie[integration_id] = client
             return client
 
+    def anthropic_client(self) -> anthropic.Anthropic:
+        """The one Anthropic SDK client (its key from the secrets interface)."""
+        from app.agent.factory import build_anthropic_client
+
+        if self._anthropic is None:
+            ref = self.settings.anthropic_api_key_secret
+            if not ref:
+                raise ConfigurationError(
+                    "the claude backend needs HEALTHIE_SYNC_ANTHROPIC_API_KEY_SECRET "
+                    "(a secret reference holding the Anthropic API key)"
+                )
+            self._anthropic = build_anthropic_client(
+                self.secrets.get(ref), base_url=self.settings.anthropic_base_url
+            )
+        return self._anthropic
+
     def agent(self, integration_id: str) -> Agent:
         """The integration's agent backend."""
         from app.agent.factory import build_agent
@@ -101,7 +120,12 @@ class Runtime:
             agent = self._agents.get(integration_id)
             if agent is None:
                 integration = self.integration(integration_id)
-                agent = build_agent(integration, self.connectors_unlocked(integration))
+                client = (
+                    self.anthropic_client() if integration.agent.backend == "claude" else None
+                )
+                agent = build_agent(
+                    integration, self.connectors_unlocked(integration), anthropic_client=client
+                )
                 self._agents[integration_id] = agent
             return agent
 

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     # Path Healthie called, when a proxy rewrites it before it reaches us ("{integration_id}").
     public_webhook_path: str | None = None
     max_webhook_body_bytes: int = Field(default=1_048_576, gt=0)
+    # The Claude backend's API key, as a secret reference (never the key itself).
+    anthropic_api_key_secret: str | None = None
+    anthropic_base_url: str | None = None  # proxies and the tests' local fake
     work_max_delivery_attempts: int = Field(default=5, ge=1, le=100)
     # "embedded" fires flushes in-process on the Cloud Scheduler calendar (local default);
     # "external" leaves it to Cloud Scheduler calling POST /flush/{cadence}.

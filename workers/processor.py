@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from app.agent.base import validate_plan
+from app.agent.base import decide_many, validate_plan
 from app.errors import PatientNotFound
 from app.healthie.entry import canonicalize, content_hash
 from app.models import Entry, WorkItem, WritePlan
@@ -61,11 +61,22 @@ def fetch_entries(
     return out
 
 
-def process_item(runtime: Runtime, item: WorkItem, raw: dict[str, object] | None) -> ItemResult:
-    """Handle one work item whose raw entry was already fetched (``None``: patient gone)."""
+@dataclass(frozen=True)
+class Prepared:
+    """A changed entry waiting for its plan."""
+
+    item: WorkItem
+    entry: Entry
+    previous: PatientState | None
+
+
+def prepare(runtime: Runtime, item: WorkItem, raw: dict[str, object] | None) -> Prepared | None:
+    """Canonicalize the fetched entry; ``None`` when it is unchanged since the last success.
+
+    Raises PatientNotFound when Healthie has no such patient (``raw`` is None).
+    """
     if raw is None:
         raise PatientNotFound(f"patient {item.patient_id} not found in Healthie")
-    integration = runtime.integration(item.integration_id)
     data = canonicalize(raw)
     entry = Entry(
         integration_id=item.integration_id,
@@ -78,12 +89,40 @@ def process_item(runtime: Runtime, item: WorkItem, raw: dict[str, object] | None
     if previous is not None and previous.content_hash == entry.content_hash and (
         previous.outcome in ("written", "plan_skipped")
     ):
-        return ItemResult("unchanged")
+        return None
+    return Prepared(item, entry, previous)
+
+
+def decide_all(runtime: Runtime, prepared: Sequence[Prepared]) -> list[WritePlan | Exception]:
+    """Plans for every prepared item, in order: a replay of an unchanged entry reuses its stored
+    plan; the rest go to each integration's agent together (one Message Batch where the backend
+    batches), so a failed slot holds that item's error only."""
+    plans: list[WritePlan | Exception | None] = [None] * len(prepared)
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(prepared):
+        if p.item.plan is not None and p.item.plan_entry_hash == p.entry.content_hash:
+            plans[i] = p.item.plan
+        else:
+            groups.setdefault(p.item.integration_id, []).append(i)
+    for integration_id, indexes in groups.items():
+        integration = runtime.integration(integration_id)
+        agent = runtime.agent(integration_id)
+        decided = decide_many(
+            agent, integration, [(prepared[i].entry, prepared[i].previous) for i in indexes]
+        )
+        for i, plan in zip(indexes, decided, strict=True):
+            plans[i] = plan
+    return [p if p is not None else RuntimeError("no plan") for p in plans]
+
+
+def finish(runtime: Runtime, prepared: Prepared, plan: WritePlan) -> ItemResult:
+    """Validate and execute ``plan`` for the entry, then record state and audit.
+
+    Failures leave as ItemFailed carrying the plan, so a dead letter keeps it for replay.
+    """
+    item, entry = prepared.item, prepared.entry
+    integration = runtime.integration(item.integration_id)
     connectors = runtime.connectors(item.integration_id)
-    if item.plan is not None and item.plan_entry_hash == entry.content_hash:
-        plan = item.plan  # a replay of an unchanged entry: the stored plan, no agent call
-    else:
-        plan = runtime.agent(item.integration_id).decide(integration, entry, previous)
     try:
         validate_plan(plan, entry, connectors)
         writes, changed = _execute(plan, connectors, integration.mode)
@@ -114,6 +153,17 @@ def process_item(runtime: Runtime, item: WorkItem, raw: dict[str, object] | None
         )
     )
     return ItemResult(outcome, writes=writes, changed_writes=changed)
+
+
+def process_item(runtime: Runtime, item: WorkItem, raw: dict[str, object] | None) -> ItemResult:
+    """Handle one work item end to end (the batch path is prepare -> decide_all -> finish)."""
+    prepared = prepare(runtime, item, raw)
+    if prepared is None:
+        return ItemResult("unchanged")
+    (plan,) = decide_all(runtime, [prepared])
+    if isinstance(plan, Exception):
+        raise plan
+    return finish(runtime, prepared, plan)
 
 
 def _execute(

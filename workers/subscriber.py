@@ -34,7 +34,7 @@ from app.queue.base import Message
 from app.queue.topology import WORK_DLQ_TOPIC, WORK_SUBSCRIPTION
 from app.runtime import Runtime
 from app.state.base import AuditRecord
-from workers.processor import ItemFailed, fetch_entries, process_item
+from workers.processor import ItemFailed, Prepared, decide_all, fetch_entries, finish, prepare
 
 log = logging.getLogger(__name__)
 
@@ -86,22 +86,42 @@ def process_batch(runtime: Runtime, messages: list[Message]) -> Counts:
             raise WorkerStopped(str(exc)) from exc
         return counts
     stop: ConfigurationError | None = None
+
+    def failed(message: Message, item: WorkItem, exc: Exception) -> None:
+        nonlocal stop
+        _settle(runtime, message, item, exc, counts, max_attempts)
+        cause = exc.cause if isinstance(exc, ItemFailed) else exc
+        if isinstance(cause, ConfigurationError):
+            stop = cause
+
+    waiting: list[tuple[Message, Prepared]] = []
     for message, item in items:
         try:
-            raw = entries.get((item.integration_id, item.patient_id))
-            result = process_item(runtime, item, raw)
+            prepared = prepare(runtime, item, entries.get((item.integration_id, item.patient_id)))
         except Exception as exc:  # noqa: BLE001 - every failure is classified in _settle
-            _settle(runtime, message, item, exc, counts, max_attempts)
-            cause = exc.cause if isinstance(exc, ItemFailed) else exc
-            if isinstance(cause, ConfigurationError):
-                stop = cause
+            failed(message, item, exc)
             continue
-        queue.ack(WORK_SUBSCRIPTION, [message.ack_id])
-        if result.outcome == "unchanged":
+        if prepared is None:
+            queue.ack(WORK_SUBSCRIPTION, [message.ack_id])
             counts.skipped_unchanged += 1
         else:
-            counts.processed += 1
-            counts.writes += result.writes
+            waiting.append((message, prepared))
+    try:
+        plans = decide_all(runtime, [p for _, p in waiting])
+    except Exception as exc:  # noqa: BLE001 - the agent failed as a whole: every item shares it
+        plans = [exc] * len(waiting)
+    for (message, prepared), plan in zip(waiting, plans, strict=True):
+        if isinstance(plan, Exception):
+            failed(message, prepared.item, plan)
+            continue
+        try:
+            result = finish(runtime, prepared, plan)
+        except Exception as exc:  # noqa: BLE001 - every failure is classified in _settle
+            failed(message, prepared.item, exc)
+            continue
+        queue.ack(WORK_SUBSCRIPTION, [message.ack_id])
+        counts.processed += 1
+        counts.writes += result.writes
     if stop is not None:
         raise WorkerStopped(str(stop)) from stop
     return counts
