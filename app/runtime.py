@@ -174,8 +174,14 @@ def build_queue(settings: Settings) -> Queue:
 def build_state(settings: Settings) -> StateStore:
     """The state backend the settings name."""
     if settings.state_backend == "firestore":
-        raise ConfigurationError(
-            "state_backend = firestore is not available yet (issue 6); use sqlite"
+        from google.cloud import firestore
+
+        from app.state.firestore import FirestoreStateStore
+
+        if not settings.gcp_project:
+            raise ConfigurationError("state_backend = firestore needs HEALTHIE_SYNC_GCP_PROJECT")
+        return FirestoreStateStore(
+            firestore.Client(project=settings.gcp_project), prefix=settings.firestore_prefix
         )
     from app.state.sqlite import SqliteStateStore
 

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     state_backend: Literal["sqlite", "firestore"] = "sqlite"
     secrets_backend: Literal["env", "secret-manager"] = "env"
     gcp_project: str | None = None
+    firestore_prefix: str = "healthie-sync"  # collection prefix: deployments can share a project
     # Shared token for POST /flush/{cadence} on the local default; production uses OIDC.
     flush_token: SecretStr | None = None
     # Cloud Scheduler's OIDC identity: the audience it requests (the service URL) and the

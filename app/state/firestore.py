@@ -1,0 +1,334 @@
+"""Firestore state store: the production backend behind the same contract as ``sqlite``.
+
+Layout (``{prefix}`` lets several deployments, or test runs, share one project)::
+
+    {prefix}-integrations/{integration_id}            parent path only; never written
+        patients/{patient_id}         PatientState: ids, content_hash, outcome, updated_at,
+                                      entry and plan as canonical JSON text
+        {prefix}-runs/{run_id}        RunRecord fields; started_at / finished_at as timestamps
+        watermarks/{name}             {"value": timestamp}
+        audit/{random id}             AuditRecord fields, ``at`` as a timestamp, plus ``seq``
+
+Ids become document ids through an injective escape (``_doc_id``): ASCII letters, digits,
+``-`` and a non-leading ``_`` stay as they are, every other UTF-8 byte becomes ``%XX``. So no
+id can contain ``/`` and reach another integration's documents. Documents also store the ids
+verbatim; reads never decode a path.
+
+The run collection carries the prefix because ``list_runs()`` without an integration is a
+collection-group query, which matches a collection id anywhere in the database.
+
+Choices that differ from a naive ``model_dump`` and why:
+
+* ``entry`` and ``plan`` are stored as JSON text, not maps. Firestore refuses arrays nested
+  directly in arrays, which JSON (and an agent's operation args) may contain; and every map
+  field is indexed by default, so a large entry would cost thousands of index entries (40,000
+  is the per-document cap) and would index patient data no query needs.
+* Datetimes are stored as Firestore timestamps, so runs sort by instant; they come back as
+  aware UTC (a naive datetime is read as UTC, as the client library does).
+* ``seq`` orders the audit: the writer's wall clock in nanoseconds, forced strictly
+  increasing within the process, then the document's random id as a tie-breaker. Appends
+  from one process list in write order; across processes the order is as good as the clocks
+  (NTP, milliseconds). The document id is chosen before the write, so a retried commit
+  rewrites the same record instead of duplicating it.
+
+Limits: a document is at most 1 MiB (1,048,576 bytes, counted as Firestore does: UTF-8 bytes
+of strings plus one, eight bytes per number or timestamp, the path, 32 bytes overhead). A
+patient's state holds its whole canonical entry, so ``put_patient`` measures the document
+first and raises ``FatalError`` (dead-letter: the same entry will never fit) without writing;
+the previous state stays. SQLite has no such limit.
+
+Indexes: every query uses one field, so single-field indexes suffice, except that
+``list_runs()`` for all integrations needs a collection-group index on
+``{prefix}-runs.started_at`` (descending), declared with the deployment. ``list_audit`` for one
+patient filters by equality and sorts in memory, so it needs no composite index.
+
+Errors are converted here: unavailable, deadline, internal, aborted → ``UpstreamUnavailable``
+(after the store's own retries, bounded by ``timeout``); quota → ``RateLimited``; permission,
+authentication, invalid argument, missing database or index → ``ConfigurationError``; any
+other refusal → ``FatalError``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry, if_exception_type
+from google.auth import exceptions as auth_exc
+from google.cloud import firestore
+
+from app.errors import (
+    ConfigurationError,
+    FatalError,
+    HealthieSyncError,
+    RateLimited,
+    UpstreamUnavailable,
+)
+from app.models import RunRecord, WritePlan
+from app.state.base import AuditRecord, PatientState
+
+#: Firestore's maximum document size, in its own accounting.
+MAX_DOCUMENT_BYTES = 1_048_576
+_MAX_ID_BYTES = 1500
+_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
+_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+_RETRIABLE = (
+    gexc.ServiceUnavailable,
+    gexc.DeadlineExceeded,
+    gexc.InternalServerError,
+    gexc.Aborted,
+    gexc.ResourceExhausted,
+)
+_CONFIGURATION = (
+    gexc.PermissionDenied,
+    gexc.Unauthenticated,
+    gexc.InvalidArgument,
+    gexc.NotFound,
+    gexc.FailedPrecondition,
+    auth_exc.RefreshError,
+    auth_exc.DefaultCredentialsError,
+)
+
+
+class FirestoreStateStore:
+    """Engine state in Firestore; takes ownership of ``client`` (``close`` closes it)."""
+
+    def __init__(
+        self, client: firestore.Client, *, prefix: str = "healthie-sync", timeout: float = 30.0
+    ) -> None:
+        """``timeout`` bounds each call, retries of transient errors included, in seconds."""
+        if not _PREFIX.match(prefix):
+            raise ConfigurationError(
+                f"Firestore prefix {prefix!r} must be letters, digits, '-' or '_' (at most 100)"
+            )
+        self._client = client
+        self._prefix = prefix
+        self._runs = f"{prefix}-runs"
+        self._timeout = timeout
+        self._retry = Retry(
+            predicate=if_exception_type(*_RETRIABLE),
+            initial=0.1,
+            maximum=min(5.0, timeout),
+            multiplier=2.0,
+            timeout=timeout,
+        )
+
+    def get_patient(self, integration_id: str, patient_id: str) -> PatientState | None:
+        """The last processed state of the patient, or None."""
+        ref = self._doc(integration_id, "patients", patient_id)
+        with _vendor_errors("read patient state"):
+            snapshot = ref.get(retry=self._retry, timeout=self._timeout)
+        data = snapshot.to_dict()
+        if data is None:
+            return None
+        plan = data["plan"]
+        return PatientState(
+            integration_id=data["integration_id"],
+            patient_id=data["patient_id"],
+            content_hash=data["content_hash"],
+            entry=json.loads(data["entry"]),
+            plan=WritePlan.model_validate_json(plan) if plan is not None else None,
+            outcome=data["outcome"],
+            updated_at=_from_firestore(data["updated_at"]),
+        )
+
+    def put_patient(self, state: PatientState) -> None:
+        """Replace the patient's state; ``FatalError`` if it exceeds Firestore's 1 MiB limit."""
+        ref = self._doc(state.integration_id, "patients", state.patient_id)
+        doc = state.model_dump(mode="json", exclude={"entry", "plan", "updated_at"})
+        doc["updated_at"] = _to_firestore(state.updated_at)
+        doc["entry"] = _json_text(state.model_dump(mode="json", include={"entry"})["entry"])
+        doc["plan"] = state.plan.model_dump_json() if state.plan is not None else None
+        size = _document_size(ref.path, doc)
+        if size > MAX_DOCUMENT_BYTES:
+            raise FatalError(
+                f"state of patient {state.patient_id!r} in integration {state.integration_id!r} "
+                f"is {size} bytes, over Firestore's {MAX_DOCUMENT_BYTES}-byte (1 MiB) document "
+                "limit; the entry is too large to remember, so it was not stored"
+            )
+        self._set(ref, doc, "write patient state")
+
+    def save_run(self, run: RunRecord) -> None:
+        """Insert or update ``run``."""
+        doc = run.model_dump(mode="json")
+        doc["started_at"] = _to_firestore(run.started_at)
+        doc["finished_at"] = _to_firestore(run.finished_at) if run.finished_at else None
+        self._set(self._doc(run.integration_id, self._runs, run.run_id), doc, "save run")
+
+    def list_runs(self, integration_id: str | None = None, limit: int = 20) -> list[RunRecord]:
+        """Most recent first (by ``started_at``); all integrations when ``integration_id`` is
+        None, through the ``{prefix}-runs`` collection-group index."""
+        if limit <= 0:
+            return []
+        source = (
+            self._integration(integration_id).collection(self._runs)
+            if integration_id
+            else self._client.collection_group(self._runs)
+        )
+        query = source.order_by("started_at", direction=firestore.Query.DESCENDING).limit(limit)
+        docs = self._stream(query, "list runs")
+        return [RunRecord.model_validate(_plain_datetimes(d)) for d in docs]
+
+    def get_watermark(self, integration_id: str, name: str) -> datetime | None:
+        """The stored mark (aware UTC), or None."""
+        ref = self._doc(integration_id, "watermarks", name)
+        with _vendor_errors("read watermark"):
+            data = ref.get(retry=self._retry, timeout=self._timeout).to_dict()
+        return _from_firestore(data["value"]) if data else None
+
+    def set_watermark(self, integration_id: str, name: str, value: datetime) -> None:
+        """Store the mark (last write wins, as in SQLite; callers keep it monotonic)."""
+        ref = self._doc(integration_id, "watermarks", name)
+        self._set(ref, {"value": _to_firestore(value)}, "write watermark")
+
+    def append_audit(self, record: AuditRecord) -> None:
+        """Append one record."""
+        ref = self._integration(record.integration_id).collection("audit").document()
+        doc = record.model_dump(mode="json")
+        doc["at"] = _to_firestore(record.at)
+        doc["seq"] = f"{_CLOCK.next():020d}-{ref.id}"
+        self._set(ref, doc, "append audit record")
+
+    def list_audit(self, integration_id: str, patient_id: str | None = None) -> list[AuditRecord]:
+        """Audit records in the order they were written (see ``seq`` above)."""
+        audit = self._integration(integration_id).collection("audit")
+        query = (
+            audit.where(filter=firestore.FieldFilter("patient_id", "==", patient_id))
+            if patient_id
+            else audit.order_by("seq")
+        )
+        docs = self._stream(query, "list audit records")
+        docs.sort(key=lambda d: str(d["seq"]))
+        return [
+            AuditRecord.model_validate(_plain_datetimes({k: v for k, v in d.items() if k != "seq"}))
+            for d in docs
+        ]
+
+    def close(self) -> None:
+        """Close the client."""
+        self._client.close()  # type: ignore[no-untyped-call]
+
+    def _integration(self, integration_id: str) -> firestore.DocumentReference:
+        return self._client.collection(f"{self._prefix}-integrations").document(
+            _doc_id(integration_id)
+        )
+
+    def _doc(self, integration_id: str, collection: str, key: str) -> firestore.DocumentReference:
+        parent = self._integration(integration_id)
+        ref: firestore.DocumentReference = parent.collection(collection).document(_doc_id(key))
+        return ref
+
+    def _stream(self, query: firestore.Query, action: str) -> list[dict[str, Any]]:
+        with _vendor_errors(action):
+            return [
+                s.to_dict() or {} for s in query.stream(retry=self._retry, timeout=self._timeout)
+            ]
+
+    def _set(self, ref: firestore.DocumentReference, doc: dict[str, Any], action: str) -> None:
+        with _vendor_errors(action):
+            ref.set(doc, retry=self._retry, timeout=self._timeout)
+
+
+def convert_error(exc: Exception, action: str) -> HealthieSyncError:
+    """The engine error for a Google client exception met while doing ``action``."""
+    if isinstance(exc, gexc.RetryError) and isinstance(exc.cause, Exception):
+        exc = exc.cause  # our retries ran out: classify what kept failing
+    message = f"Firestore: {action} failed: {exc}"
+    if isinstance(exc, gexc.ResourceExhausted | gexc.TooManyRequests):
+        return RateLimited(message)
+    if isinstance(exc, _RETRIABLE):  # Aborted is a 409, yet a retry resolves the contention
+        return UpstreamUnavailable(message)
+    if isinstance(exc, _CONFIGURATION):
+        return ConfigurationError(message)
+    if isinstance(exc, gexc.ClientError):
+        return FatalError(message)
+    # 5xx and transport errors: the same call may work later.
+    return UpstreamUnavailable(message)
+
+
+@contextmanager
+def _vendor_errors(action: str) -> Iterator[None]:
+    try:
+        yield
+    except (gexc.GoogleAPIError, auth_exc.GoogleAuthError) as exc:
+        raise convert_error(exc, action) from exc
+
+
+class _MonotonicClock:
+    """Wall-clock nanoseconds, strictly increasing within the process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = 0
+
+    def next(self) -> int:
+        with self._lock:
+            self._last = max(time.time_ns(), self._last + 1)
+            return self._last
+
+
+_CLOCK = _MonotonicClock()
+
+
+def _doc_id(value: str) -> str:
+    """An injective escape of ``value`` into a valid Firestore document id."""
+    if not value:
+        raise FatalError("an empty id cannot name a Firestore document")
+    parts: list[str] = []
+    for i, char in enumerate(value):
+        if char in _PLAIN and not (i == 0 and char == "_"):  # "__x__" ids are reserved
+            parts.append(char)
+        else:
+            parts.extend(f"%{byte:02X}" for byte in char.encode())
+    escaped = "".join(parts)
+    if len(escaped) > _MAX_ID_BYTES:
+        raise FatalError(f"id {value[:40]!r}... is too long for a Firestore document id")
+    return escaped
+
+
+def _json_text(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def _to_firestore(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _from_firestore(value: datetime) -> datetime:
+    """A plain aware-UTC datetime from the client's ``DatetimeWithNanoseconds``."""
+    value = value.astimezone(UTC)
+    return datetime.combine(value.date(), value.time(), tzinfo=UTC)
+
+
+def _plain_datetimes(doc: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _from_firestore(v) if isinstance(v, datetime) else v for k, v in doc.items()}
+
+
+def _document_size(path: str, doc: Mapping[str, Any]) -> int:
+    """Firestore's size of the document at ``path`` holding ``doc`` (its storage-size rules)."""
+    name = sum(len(part.encode()) + 1 for part in path.split("/")) + 16
+    return name + _value_size(doc) + 32
+
+
+def _value_size(value: object) -> int:
+    if value is None or isinstance(value, bool):
+        return 1
+    if isinstance(value, int | float | datetime):
+        return 8
+    if isinstance(value, str):
+        return len(value.encode()) + 1
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, Mapping):
+        return sum(len(str(k).encode()) + 1 + _value_size(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return sum(_value_size(v) for v in value)
+    raise TypeError(f"no Firestore size for {type(value).__name__}")

@@ -1,0 +1,377 @@
+"""The state contract, run against every backend: SQLite (memory and file) and Firestore.
+
+The Firestore cases use the emulator (``tests/firestore_emulator.py``) with a fresh collection
+prefix per test, so tests never see each other's documents. The few Firestore-only tests at
+the end pin how vendor errors are converted at the store's edge.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from datetime import UTC, datetime, timedelta, timezone
+from uuid import uuid4
+
+import pytest
+from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import firestore
+
+from app.errors import (
+    ConfigurationError,
+    FatalError,
+    RateLimited,
+    UpstreamUnavailable,
+)
+from app.models import Cadence, Counts, RunRecord, WriteOperation, WritePlan
+from app.state.base import AuditRecord, PatientState
+from app.state.firestore import FirestoreStateStore, convert_error
+from app.state.sqlite import SqliteStateStore
+from tests.firestore_emulator import firestore_emulator  # noqa: F401 (fixture)
+
+#: Per-document size limit of each backend; None means the backend has none.
+DOCUMENT_LIMIT = {"sqlite-memory": None, "sqlite-file": None, "firestore": 1_048_576}
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+@pytest.fixture(
+    params=[
+        "sqlite-memory",
+        "sqlite-file",
+        pytest.param("firestore", marks=pytest.mark.firestore),
+    ]
+)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def store(backend, request, tmp_path):
+    if backend == "firestore":
+        request.getfixturevalue("firestore_emulator")
+        client = firestore.Client(project="healthie-sync-test")
+        s = FirestoreStateStore(client, prefix=f"test-{uuid4().hex[:12]}", timeout=10)
+    else:
+        s = SqliteStateStore(":memory:" if backend == "sqlite-memory" else tmp_path / "state.db")
+    yield s
+    s.close()
+
+
+def patient(integration_id="clinic-a", patient_id="1001", **changes) -> PatientState:
+    fields = {
+        "integration_id": integration_id,
+        "patient_id": patient_id,
+        "content_hash": "sha256:aa",
+        "entry": {"id": patient_id, "first_name": "Ada"},
+        "plan": None,
+        "outcome": "written",
+        "updated_at": T0,
+    }
+    return PatientState.model_validate(fields | changes)
+
+
+def run(run_id, integration_id="clinic-a", minutes=0, **changes) -> RunRecord:
+    fields = {
+        "run_id": run_id,
+        "integration_id": integration_id,
+        "cadence": Cadence.HOURLY,
+        "started_at": T0 + timedelta(minutes=minutes),
+    }
+    return RunRecord.model_validate(fields | changes)
+
+
+# --- patients ------------------------------------------------------------------------------
+
+
+def test_patient_is_none_before_first_put_then_round_trips(store):
+    assert store.get_patient("clinic-a", "1001") is None
+    plan = WritePlan(
+        patient_id="1001",
+        operations=(
+            WriteOperation(
+                target="warehouse",
+                operation="upsert_patient",
+                args={"name": "Zoë Ñandú", "codes": [[1, 2], [3]], "score": 0.5, "vip": True},
+            ),
+            WriteOperation(target="crm", operation="tag", args={"tags": ["日本語", "✓"]}),
+        ),
+        rationale="première visite 🙂",
+        backend="plan",
+    )
+    entry = {
+        "id": "1001",
+        "first_name": "Zoë",
+        "last_name": "Łukasiewicz-Ñandú",
+        "notes": "日本語 ✓ 🙂",
+        "matrix": [[1, 2], [3, [4]]],
+        "weight": 72.5,
+        "visits": 3,
+        "active": True,
+        "deleted_at": None,
+        "tags": [{"name": "VIP"}, {"name": "Ünïcode"}],
+    }
+    state = patient(entry=entry, plan=plan)
+    store.put_patient(state)
+    got = store.get_patient("clinic-a", "1001")
+    assert got == state
+    assert got.updated_at.utcoffset() is not None
+    assert isinstance(got.entry["visits"], int)
+    assert isinstance(got.entry["weight"], float)
+
+
+def test_put_replaces_the_whole_previous_state(store):
+    plan = WritePlan(patient_id="1001", operations=(WriteOperation(target="w", operation="o",
+                                                                   args={"a": 1}),))
+    store.put_patient(patient(entry={"id": "1001", "old": "x"}, plan=plan))
+    newer = patient(content_hash="sha256:bb", entry={"id": "1001"}, outcome="plan_skipped",
+                    updated_at=T0 + timedelta(hours=1))
+    store.put_patient(newer)
+    assert store.get_patient("clinic-a", "1001") == newer
+
+
+def test_same_patient_id_never_mixes_between_integrations(store):
+    a = patient("clinic-a", "1001", entry={"id": "1001", "owner": "a"})
+    b = patient("clinic-b", "1001", entry={"id": "1001", "owner": "b"}, content_hash="sha256:b")
+    store.put_patient(a)
+    store.put_patient(b)
+    assert store.get_patient("clinic-a", "1001") == a
+    assert store.get_patient("clinic-b", "1001") == b
+    assert store.get_patient("clinic-c", "1001") is None
+    assert store.get_patient("clinic-a", "1002") is None
+
+
+def test_ids_that_look_like_paths_stay_separate(store):
+    # Unescaped, both pairs would name ".../clinic-a/patients/1001/patients/x".
+    pairs = [
+        ("clinic-a/patients/1001", "x"),
+        ("clinic-a", "1001/patients/x"),
+        ("clinic-a", "A"),
+        ("clinic-a", "%41"),
+        ("clinic-a", "a"),
+        ("clinic-a", "_"),
+        ("clinic-a", "__name__"),
+        ("clinic-a", "."),
+        ("clinic-a", ".."),
+        ("clinic-a", "é"),
+    ]
+    for i, (integration_id, patient_id) in enumerate(pairs):
+        store.put_patient(patient(integration_id, patient_id, content_hash=f"h{i}"))
+    for i, (integration_id, patient_id) in enumerate(pairs):
+        got = store.get_patient(integration_id, patient_id)
+        assert got is not None
+        assert (got.integration_id, got.patient_id, got.content_hash) == (
+            integration_id,
+            patient_id,
+            f"h{i}",
+        )
+    assert store.get_patient("clinic-a", "1001") is None
+
+
+def test_entry_beyond_one_mib(store, backend):
+    limit = DOCUMENT_LIMIT[backend]
+    # "é" is two UTF-8 bytes: sizes must be counted in bytes, not characters.
+    near = patient(entry={"id": "1001", "note": "é" * 520_000})  # 1,040,000 bytes of text
+    store.put_patient(near)
+    assert store.get_patient("clinic-a", "1001") == near
+    over = patient(entry={"id": "1001", "note": "é" * 525_000}, content_hash="sha256:big")
+    if limit is None:
+        store.put_patient(over)
+        assert store.get_patient("clinic-a", "1001") == over
+    else:
+        with pytest.raises(FatalError, match=r"1001.*clinic-a.*1 MiB"):
+            store.put_patient(over)
+        assert store.get_patient("clinic-a", "1001") == near
+
+
+# --- runs ----------------------------------------------------------------------------------
+
+
+def test_runs_list_most_recent_first_with_updates_limit_and_filter(store):
+    first, third, second = run("r1", minutes=0), run("r3", minutes=20), run("r2", minutes=10)
+    other = run("r4", integration_id="clinic-b", minutes=30)
+    for r in (first, third, second, other):
+        store.save_run(r)
+    finished = first.model_copy(update={
+        "status": "finished",
+        "finished_at": T0 + timedelta(minutes=5),
+        "patients": 2,
+        "counts": Counts(processed=2, writes=3),
+    })
+    store.save_run(finished)
+
+    assert store.list_runs("clinic-a") == [third, second, finished]
+    assert store.list_runs("clinic-a", limit=2) == [third, second]
+    assert store.list_runs("clinic-b") == [other]
+    assert store.list_runs("clinic-c") == []
+    assert store.list_runs() == [other, third, second, finished]
+    assert store.list_runs(limit=1) == [other]
+    assert store.list_runs("clinic-a")[-1].finished_at.utcoffset() is not None
+
+
+# --- watermarks ----------------------------------------------------------------------------
+
+
+def test_watermarks_get_set_and_advance(store):
+    assert store.get_watermark("clinic-a", "sweep") is None
+    eastern = timezone(timedelta(hours=-5))
+    first = datetime(2026, 3, 1, 7, 0, 0, 654321, tzinfo=eastern)
+    store.set_watermark("clinic-a", "sweep", first)
+    got = store.get_watermark("clinic-a", "sweep")
+    assert got == first
+    assert got.utcoffset() is not None
+    later = first + timedelta(hours=1)
+    store.set_watermark("clinic-a", "sweep", later)
+    assert store.get_watermark("clinic-a", "sweep") == later
+    assert store.get_watermark("clinic-a", "other") is None
+    assert store.get_watermark("clinic-b", "sweep") is None
+    store.set_watermark("clinic-b", "sweep", first)
+    assert store.get_watermark("clinic-a", "sweep") == later
+    # Both backends store what they are given; keeping marks monotonic is the caller's job.
+    store.set_watermark("clinic-a", "sweep", first)
+    assert store.get_watermark("clinic-a", "sweep") == first
+
+
+# --- audit ---------------------------------------------------------------------------------
+
+
+def test_audit_lists_in_write_order_with_patient_filter(store):
+    # ``at`` runs backwards, so ordering by it (rather than by write order) fails this test.
+    records = [
+        AuditRecord(
+            integration_id="clinic-a",
+            patient_id=("1001", "1002", "1003")[i % 3],
+            run_id=f"run-{i // 4}",
+            at=T0 - timedelta(seconds=i),
+            outcome="written" if i % 2 else "plan_skipped",
+            operations=[f"warehouse.op{i}"] if i % 2 else [],
+            detail=f"détail {i}",
+        )
+        for i in range(12)
+    ]
+    foreign = AuditRecord(integration_id="clinic-b", patient_id="1001", run_id="run-x",
+                          at=T0, outcome="written")
+    for record in records[:6]:
+        store.append_audit(record)
+    store.append_audit(foreign)
+    for record in records[6:]:
+        store.append_audit(record)
+
+    assert store.list_audit("clinic-a") == records
+    assert store.list_audit("clinic-a", "1001") == [r for r in records if r.patient_id == "1001"]
+    assert store.list_audit("clinic-a", "9999") == []
+    assert store.list_audit("clinic-b") == [foreign]
+    assert store.list_audit("clinic-c") == []
+
+
+# --- Firestore's edge: vendor errors become engine errors ------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_firestore_unreachable_is_retriable_within_the_timeout(monkeypatch):
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{_closed_port()}")
+    store = FirestoreStateStore(firestore.Client(project="healthie-sync-test"), timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(UpstreamUnavailable) as info:
+        store.get_patient("clinic-a", "1001")
+    assert isinstance(info.value.__cause__, gexc.GoogleAPIError)
+    with pytest.raises(UpstreamUnavailable):
+        store.put_patient(patient())
+    with pytest.raises(UpstreamUnavailable):
+        store.list_runs()
+    assert time.monotonic() - started < 10
+    store.close()
+
+
+@pytest.mark.firestore
+@pytest.mark.usefixtures("firestore_emulator")
+def test_firestore_invalid_project_is_a_configuration_error():
+    store = FirestoreStateStore(firestore.Client(project=""), timeout=5)
+    with pytest.raises(ConfigurationError, match="read patient state") as info:
+        store.get_patient("clinic-a", "1001")
+    assert isinstance(info.value.__cause__, gexc.InvalidArgument)
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("vendor", "expected"),
+    [
+        (gexc.ServiceUnavailable("down"), UpstreamUnavailable),
+        (gexc.DeadlineExceeded("slow"), UpstreamUnavailable),
+        (gexc.InternalServerError("oops"), UpstreamUnavailable),
+        (gexc.Aborted("contention"), UpstreamUnavailable),
+        (gexc.RetryError("gave up", gexc.ServiceUnavailable("down")), UpstreamUnavailable),
+        (gexc.ResourceExhausted("quota"), RateLimited),
+        (gexc.RetryError("gave up", gexc.ResourceExhausted("quota")), RateLimited),
+        (gexc.PermissionDenied("no"), ConfigurationError),
+        (gexc.Unauthenticated("who"), ConfigurationError),
+        (gexc.InvalidArgument("bad"), ConfigurationError),
+        (gexc.NotFound("no database"), ConfigurationError),
+        (gexc.FailedPrecondition("needs an index"), ConfigurationError),
+        (gexc.AlreadyExists("dup"), FatalError),
+    ],
+)
+def test_vendor_errors_are_grouped_by_what_happens_next(vendor, expected):
+    converted = convert_error(vendor, "do something")
+    assert type(converted) is expected
+    assert "do something" in str(converted)
+
+
+def test_firestore_prefix_must_be_a_plain_name():
+    client = firestore.Client(project="p", credentials=AnonymousCredentials())
+    with pytest.raises(ConfigurationError, match="prefix"):
+        FirestoreStateStore(client, prefix="a/b")
+
+
+# --- Firestore-only promises -----------------------------------------------------------------
+
+
+@pytest.fixture
+def firestore_pair(firestore_emulator):  # noqa: F811 (the fixture imported above)
+    """Two stores over one emulator project, as two deployments sharing a project would be."""
+    tag = uuid4().hex[:12]
+    stores = [
+        FirestoreStateStore(firestore.Client(project="healthie-sync-test"), prefix=f"{name}-{tag}")
+        for name in ("prod", "staging")
+    ]
+    yield stores
+    for s in stores:
+        s.close()
+
+
+@pytest.mark.firestore
+def test_firestore_prefixes_keep_deployments_apart(firestore_pair):
+    prod, staging = firestore_pair
+    prod.put_patient(patient())
+    prod.save_run(run("r1"))
+    prod.set_watermark("clinic-a", "sweep", T0)
+    prod.append_audit(AuditRecord(integration_id="clinic-a", patient_id="1001", run_id="r1",
+                                  at=T0, outcome="written"))
+    assert staging.get_patient("clinic-a", "1001") is None
+    assert staging.list_runs() == []
+    assert staging.list_runs("clinic-a") == []
+    assert staging.get_watermark("clinic-a", "sweep") is None
+    assert staging.list_audit("clinic-a") == []
+    assert [r.run_id for r in prod.list_runs()] == ["r1"]
+
+
+@pytest.mark.firestore
+def test_firestore_datetimes_are_utc_and_runs_sort_by_instant(firestore_pair):
+    store, _ = firestore_pair
+    eastern = timezone(timedelta(hours=-5))
+    # As text "10:00-05:00" sorts before "12:00+00:00"; as instants it is 15:00Z, the latest.
+    late = run("late", started_at=datetime(2026, 3, 1, 10, 0, tzinfo=eastern))
+    early = run("early", started_at=datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
+    store.save_run(early)
+    store.save_run(late)
+    assert [r.run_id for r in store.list_runs("clinic-a")] == ["late", "early"]
+    assert store.list_runs("clinic-a")[0].started_at.tzinfo is UTC
+    store.set_watermark("clinic-a", "sweep", late.started_at)
+    assert store.get_watermark("clinic-a", "sweep").tzinfo is UTC
+    store.put_patient(patient(updated_at=late.started_at))
+    assert store.get_patient("clinic-a", "1001").updated_at.tzinfo is UTC
