@@ -52,7 +52,14 @@ def serve(
     loop = WorkerLoop(runtime, concurrency=runtime.settings.worker_concurrency)
     scheduler = None
     if runtime.settings.scheduler == "embedded":
-        scheduler = EmbeddedScheduler(lambda cadence: run_flush(runtime, cadence))
+
+        def fire(cadence: Cadence) -> None:
+            run_flush(runtime, cadence)
+            if cadence is Cadence.DAILY:
+                # weekly marks are staged daily, so none waits out Pub/Sub's 7-day retention
+                run_flush(runtime, Cadence.WEEKLY, stage_only=True)
+
+        scheduler = EmbeddedScheduler(fire)
         scheduler.start()
     loop.start()
     try:

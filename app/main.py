@@ -52,13 +52,20 @@ def create_app(runtime: Runtime, *, oidc_verifier: Verifier | None = None) -> Fa
 
     @app.post("/flush/{cadence}")
     async def flush_cadence(
-        cadence: Cadence, authorization: str | None = Header(default=None)
+        cadence: Cadence,
+        stage_only: bool = False,
+        authorization: str | None = Header(default=None),
     ) -> FlushStarted:
         if not authorizer.allowed(authorization):
             raise HTTPException(401, "unauthorized")
-        from workers.flusher import flush
+        from workers.flusher import FlushInProgress, flush
 
-        result = await run_in_threadpool(flush, runtime, cadence)
+        try:
+            result = await run_in_threadpool(
+                lambda: flush(runtime, cadence, stage_only=stage_only)
+            )
+        except FlushInProgress:
+            raise HTTPException(409, f"a {cadence.value} flush is already running") from None
         return FlushStarted(
             flush_id=result.flush_id,
             marks=result.marks,

@@ -1,9 +1,22 @@
-"""Flush one cadence: drain dirty marks, resolve them to patients, publish work, then ack.
+"""Flush one cadence: stage dirty marks durably, then publish one work item per staged patient.
 
-Marks are drained in chunks so memory stays bounded by the chunk plus the set of patients
-already published in this flush (which de-duplicates across chunks). A chunk's marks are
-acknowledged only after the work items they produced are durably published: a crash in between
-re-delivers the marks, and the re-published work items are harmless (processing is idempotent).
+1. **Stage.** Drain the cadence's dirty marks in chunks, resolve appointment marks to patients
+   (aliased GraphQL batches), and add the patients to each integration's pending set in the
+   state store; only then acknowledge the chunk. Memory stays bounded by the chunk: the pending
+   set, not the flusher, de-duplicates (a patient marked 50 times is staged once).
+2. **Publish.** For every integration now on this cadence, page through its pending set,
+   publish a work item per patient, then unstage exactly the versions published (a mark staged
+   meanwhile stays for the next flush).
+
+Staging is also what keeps a weekly cadence safe from Pub/Sub's 7-day retention: the scheduler
+stages every cadence daily (``stage_only``), so no mark waits in a subscription for a week. A
+cadence change applies from the next run: marks already queued under the old cadence are
+staged by that cadence's next run and published by the integration's new cadence.
+
+One flush per cadence runs at a time (a lease in the state store, renewed per chunk); a second
+trigger gets FlushInProgress. Crash safety: a flusher killed after staging re-publishes
+harmlessly (processing is idempotent and unchanged entries are skipped); killed before staging
+loses nothing (the marks were not acknowledged).
 """
 
 from __future__ import annotations
@@ -16,11 +29,21 @@ from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
+from app.errors import HealthieSyncError
 from app.models import Cadence, DirtyMark, RunRecord, SubjectKind, WorkItem
 from app.queue.topology import WORK_TOPIC, dirty_subscription
 from app.runtime import Runtime
+from app.state.base import PendingPatient
 
 log = logging.getLogger(__name__)
+
+LEASE_TTL_SECONDS = 900.0
+
+
+class FlushInProgress(HealthieSyncError):
+    """Another flush of the same cadence holds the lease."""
+
+    kind = "flush_in_progress"
 
 
 @dataclass
@@ -32,22 +55,63 @@ class FlushResult:
     marks: int = 0
     invalid_marks: int = 0
     unresolved_marks: int = 0
+    staged: int = 0
     work_items: int = 0
     per_integration: dict[str, int] = field(default_factory=dict)
     runs: list[RunRecord] = field(default_factory=list)
 
 
-def flush(runtime: Runtime, cadence: Cadence, *, chunk_size: int = 1000) -> FlushResult:
-    """Drain ``cadence``'s dirty marks into work items; returns counts and run records."""
+def flush(
+    runtime: Runtime,
+    cadence: Cadence,
+    *,
+    chunk_size: int = 1000,
+    stage_only: bool = False,
+) -> FlushResult:
+    """Stage ``cadence``'s dirty marks, then (unless ``stage_only``) publish work for every
+    integration on ``cadence``. Raises FlushInProgress when one is already running."""
     flush_id = f"{cadence.value}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    lease = f"flush:{cadence.value}"
+    if not runtime.state.try_lease(lease, flush_id, LEASE_TTL_SECONDS):
+        raise FlushInProgress(f"a {cadence.value} flush is already running")
     result = FlushResult(flush_id=flush_id, cadence=cadence)
+    started = datetime.now(UTC)
+    try:
+        marks_by_integration = _stage(runtime, cadence, chunk_size, result, lease)
+        if stage_only:
+            return result
+        for integration_id, integration in sorted(runtime.integrations.items()):
+            if integration.cadence is not cadence:
+                continue
+            run = RunRecord(
+                run_id=f"{flush_id}-{integration_id}",
+                integration_id=integration_id,
+                cadence=cadence,
+                started_at=started,
+                marks_drained=marks_by_integration.get(integration_id, 0),
+            )
+            run.patients = _publish_pending(runtime, integration_id, flush_id, chunk_size)
+            runtime.state.try_lease(lease, flush_id, LEASE_TTL_SECONDS)  # renew
+            run.counts.dirty_patients = run.patients
+            result.work_items += run.patients
+            if run.patients or run.marks_drained:
+                runtime.state.save_run(run)
+                result.runs.append(run)
+                result.per_integration[integration_id] = run.patients
+        return result
+    finally:
+        runtime.state.release_lease(lease, flush_id)
+
+
+def _stage(
+    runtime: Runtime, cadence: Cadence, chunk_size: int, result: FlushResult, lease: str
+) -> dict[str, int]:
     subscription = dirty_subscription(cadence)
-    published: dict[str, set[str]] = defaultdict(set)
-    runs: dict[str, RunRecord] = {}
+    per_integration: dict[str, int] = defaultdict(int)
     while True:
         messages = runtime.queue.pull(subscription, chunk_size)
         if not messages:
-            break
+            return per_integration
         marks: list[DirtyMark] = []
         for message in messages:
             try:
@@ -56,45 +120,19 @@ def flush(runtime: Runtime, cadence: Cadence, *, chunk_size: int = 1000) -> Flus
                 result.invalid_marks += 1
                 log.warning("dropping undecodable dirty mark %s", message.message_id)
         result.marks += len(marks)
-        items = _resolve(runtime, marks, flush_id, published, result)
-        for integration_id in {m.integration_id for m in marks}:
-            if integration_id not in runs and integration_id in runtime.integrations:
-                runs[integration_id] = RunRecord(
-                    run_id=f"{flush_id}-{integration_id}",
-                    integration_id=integration_id,
-                    cadence=cadence,
-                    started_at=datetime.now(UTC),
-                )
-            if integration_id in runs:
-                runs[integration_id].marks_drained += sum(
-                    1 for m in marks if m.integration_id == integration_id
-                )
-        if items:
-            runtime.queue.publish_many(
-                WORK_TOPIC,
-                [
-                    (i.model_dump_json().encode(), {"integration": i.integration_id})
-                    for i in items
-                ],
-            )
+        for mark in marks:
+            per_integration[mark.integration_id] += 1
+        for integration_id, pending in _resolve(runtime, marks, result).items():
+            runtime.state.add_pending(integration_id, pending)
+            result.staged += len(pending)
         runtime.queue.ack(subscription, [m.ack_id for m in messages])
-        result.work_items += len(items)
-    for integration_id, run in runs.items():
-        run.patients = len(published[integration_id])
-        run.counts.dirty_patients = run.patients
-        runtime.state.save_run(run)
-        result.per_integration[integration_id] = run.patients
-        result.runs.append(run)
-    return result
+        runtime.state.try_lease(lease, result.flush_id, LEASE_TTL_SECONDS)  # renew per chunk
 
 
 def _resolve(
-    runtime: Runtime,
-    marks: list[DirtyMark],
-    flush_id: str,
-    published: dict[str, set[str]],
-    result: FlushResult,
-) -> list[WorkItem]:
+    runtime: Runtime, marks: list[DirtyMark], result: FlushResult
+) -> dict[str, list[PendingPatient]]:
+    """Marks -> staged patients per integration (appointments resolved through Healthie)."""
     by_integration: dict[str, list[DirtyMark]] = defaultdict(list)
     for mark in marks:
         if mark.integration_id not in runtime.integrations:
@@ -102,14 +140,19 @@ def _resolve(
             log.error("dirty mark for unknown integration %s dropped", mark.integration_id)
             continue
         by_integration[mark.integration_id].append(mark)
-    items: list[WorkItem] = []
+    staged: dict[str, list[PendingPatient]] = {}
     for integration_id, group in by_integration.items():
-        patients: dict[str, tuple[datetime, set[str]]] = {}
+        patients: dict[str, PendingPatient] = {}
 
-        def add(patient_id: str, mark: DirtyMark, patients: dict[str, tuple[datetime, set[str]]]
-                = patients) -> None:
-            since, reasons = patients.get(patient_id, (mark.received_at, set()))
-            patients[patient_id] = (min(since, mark.received_at), reasons | {mark.reason})
+        def add(patient_id: str, mark: DirtyMark, patients: dict[str, PendingPatient] = patients
+                ) -> None:
+            known = patients.get(patient_id)
+            since = mark.received_at if known is None else min(known.dirty_since,
+                                                               mark.received_at)
+            reasons = sorted({mark.reason, *(known.reasons if known else [])})
+            patients[patient_id] = PendingPatient(
+                patient_id=patient_id, dirty_since=since, reasons=reasons
+            )
 
         appointment_marks = [m for m in group if m.subject_kind is SubjectKind.APPOINTMENT]
         if appointment_marks:
@@ -125,23 +168,37 @@ def _resolve(
             if mark.subject_kind is SubjectKind.PATIENT:
                 add(mark.subject_id, mark)
             elif mark.subject_kind is SubjectKind.APPLIED_TAG:
-                # Healthie includes user_id on applied-tag events; a mark without it cannot be
-                # resolved until the applied-tag lookup lands (issue 5). Counted, never silent.
+                # Healthie includes user_id on applied-tag events; a mark without one is caught
+                # by the missed-change sweep's applied-tag query instead. Counted, never silent.
                 result.unresolved_marks += 1
-                log.warning("applied-tag mark without user_id not resolved (integration=%s)",
-                            integration_id)
-        seen = published[integration_id]
-        for patient_id, (since, reasons) in sorted(patients.items()):
-            if patient_id in seen:
-                continue
-            seen.add(patient_id)
-            items.append(
-                WorkItem(
-                    integration_id=integration_id,
-                    patient_id=patient_id,
-                    flush_id=flush_id,
-                    dirty_since=since,
-                    reasons=tuple(sorted(reasons)),
+                log.warning("applied-tag mark without user_id (integration=%s)", integration_id)
+        staged[integration_id] = list(patients.values())
+    return staged
+
+
+def _publish_pending(runtime: Runtime, integration_id: str, flush_id: str, page: int) -> int:
+    published = 0
+    after: str | None = None
+    while True:
+        pending = runtime.state.list_pending(integration_id, after=after, limit=page)
+        if not pending:
+            return published
+        runtime.queue.publish_many(
+            WORK_TOPIC,
+            [
+                (
+                    WorkItem(
+                        integration_id=integration_id,
+                        patient_id=p.patient_id,
+                        flush_id=flush_id,
+                        dirty_since=p.dirty_since,
+                        reasons=tuple(p.reasons),
+                    ).model_dump_json().encode(),
+                    {"integration": integration_id},
                 )
-            )
-    return items
+                for p in pending
+            ],
+        )
+        runtime.state.remove_pending(integration_id, pending)
+        published += len(pending)
+        after = pending[-1].patient_id

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -75,6 +76,50 @@ def process_batch(runtime: Runtime, messages: list[Message]) -> Counts:
             _dead_letter(runtime, message, "invalid_message", "work item does not decode")
             queue.ack(WORK_SUBSCRIPTION, [message.ack_id])
             counts.dead_lettered += 1
+    if not items:
+        return counts
+    items, leases = _lease_patients(runtime, items)
+    try:
+        return _process_leased(runtime, items, counts, max_attempts)
+    finally:
+        for name, owner in leases:
+            runtime.state.release_lease(name, owner)
+
+
+BUSY_RETRY_SECONDS = 5.0
+
+
+def _lease_patients(
+    runtime: Runtime, items: list[tuple[Message, WorkItem]]
+) -> tuple[list[tuple[Message, WorkItem]], list[tuple[str, str]]]:
+    """Lease each item's patient so no two workers (and no two items of one batch) process the
+    same patient at once; items whose patient is busy go back to the queue for a moment."""
+    owner = uuid.uuid4().hex
+    ttl = float(runtime.settings.work_ack_deadline_seconds)
+    kept: list[tuple[Message, WorkItem]] = []
+    leases: list[tuple[str, str]] = []
+    busy: list[str] = []
+    seen: set[str] = set()
+    for message, item in items:
+        name = f"patient:{item.integration_id}:{item.patient_id}"
+        if name in seen or not runtime.state.try_lease(name, owner, ttl):
+            busy.append(message.ack_id)
+            continue
+        seen.add(name)
+        leases.append((name, owner))
+        kept.append((message, item))
+    if busy:
+        runtime.queue.nack(WORK_SUBSCRIPTION, busy, BUSY_RETRY_SECONDS)
+    return kept, leases
+
+
+def _process_leased(
+    runtime: Runtime,
+    items: list[tuple[Message, WorkItem]],
+    counts: Counts,
+    max_attempts: int,
+) -> Counts:
+    queue = runtime.queue
     if not items:
         return counts
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -34,6 +35,19 @@ class AuditRecord(BaseModel):
     detail: str = ""
 
 
+class PendingPatient(BaseModel):
+    """A patient staged for work: marks drained from the queue, durable until published.
+
+    ``version`` grows with every staging of the patient, so removing a listed version never
+    drops a mark staged after it was listed.
+    """
+
+    patient_id: str
+    dirty_since: datetime
+    reasons: list[str] = []
+    version: int = 0
+
+
 class StateStore(Protocol):
     """Durable engine state."""
 
@@ -63,6 +77,30 @@ class StateStore(Protocol):
 
     def append_audit(self, record: AuditRecord) -> None:
         """Append one audit record."""
+        ...
+
+    def add_pending(self, integration_id: str, patients: Sequence[PendingPatient]) -> None:
+        """Stage patients (upsert): ``dirty_since`` keeps the earliest, ``reasons`` the sorted
+        union, ``version`` increments (the given version is ignored)."""
+        ...
+
+    def list_pending(
+        self, integration_id: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[PendingPatient]:
+        """Staged patients ordered by ``patient_id`` (string order), strictly after ``after``."""
+        ...
+
+    def remove_pending(self, integration_id: str, patients: Sequence[PendingPatient]) -> None:
+        """Unstage each patient whose stored version still equals the given one."""
+        ...
+
+    def try_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        """Take the named lease if it is free, expired or already ``owner``'s (renewing it);
+        False when someone else holds it. Atomic across processes sharing the store."""
+        ...
+
+    def release_lease(self, name: str, owner: str) -> None:
+        """Release the lease if ``owner`` holds it."""
         ...
 
     def close(self) -> None:

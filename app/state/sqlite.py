@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
-from datetime import datetime
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from app.models import RunRecord
-from app.state.base import AuditRecord, PatientState
+from app.state.base import AuditRecord, PatientState, PendingPatient
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS patients (
@@ -23,6 +30,13 @@ CREATE INDEX IF NOT EXISTS runs_by_integration ON runs (integration_id, started_
 CREATE TABLE IF NOT EXISTS watermarks (
   integration_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL,
   PRIMARY KEY (integration_id, name)
+);
+CREATE TABLE IF NOT EXISTS pending (
+  integration_id TEXT NOT NULL, patient_id TEXT NOT NULL, dirty_since TEXT NOT NULL,
+  reasons TEXT NOT NULL, version INTEGER NOT NULL, PRIMARY KEY (integration_id, patient_id)
+);
+CREATE TABLE IF NOT EXISTS leases (
+  name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, integration_id TEXT NOT NULL, patient_id TEXT NOT NULL,
@@ -114,6 +128,75 @@ class SqliteStateStore:
         with self._lock:
             rows = self._db.execute(query + " ORDER BY seq", params).fetchall()
         return [AuditRecord.model_validate_json(r[0]) for r in rows]
+
+    def add_pending(self, integration_id: str, patients: Sequence[PendingPatient]) -> None:
+        """Upsert staged patients in one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for p in patients:
+                    row = self._db.execute(
+                        "SELECT dirty_since, reasons FROM pending"
+                        " WHERE integration_id=? AND patient_id=?",
+                        (integration_id, p.patient_id),
+                    ).fetchone()
+                    since, reasons = p.dirty_since, set(p.reasons)
+                    if row is not None:
+                        since = min(since, datetime.fromisoformat(row[0]))
+                        reasons |= set(json.loads(row[1]))
+                    self._db.execute(
+                        "INSERT INTO pending VALUES (?,?,?,?,1)"
+                        " ON CONFLICT (integration_id, patient_id) DO UPDATE SET"
+                        " dirty_since=excluded.dirty_since, reasons=excluded.reasons,"
+                        " version=pending.version+1",
+                        (integration_id, p.patient_id, _utc(since).isoformat(),
+                         json.dumps(sorted(reasons))),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def list_pending(
+        self, integration_id: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[PendingPatient]:
+        """One page of staged patients in patient-id order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT patient_id, dirty_since, reasons, version FROM pending"
+                " WHERE integration_id=? AND patient_id > ? ORDER BY patient_id LIMIT ?",
+                (integration_id, after or "", max(0, limit)),
+            ).fetchall()
+        return [
+            PendingPatient(patient_id=r[0], dirty_since=datetime.fromisoformat(r[1]),
+                           reasons=json.loads(r[2]), version=r[3])
+            for r in rows
+        ]
+
+    def remove_pending(self, integration_id: str, patients: Sequence[PendingPatient]) -> None:
+        """Delete the listed versions only."""
+        with self._lock:
+            self._db.executemany(
+                "DELETE FROM pending WHERE integration_id=? AND patient_id=? AND version=?",
+                [(integration_id, p.patient_id, p.version) for p in patients],
+            )
+
+    def try_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        """Take or renew the lease with one conditional upsert."""
+        now = time.time()
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT INTO leases VALUES (?,?,?) ON CONFLICT (name) DO UPDATE SET"
+                " owner=excluded.owner, expires_at=excluded.expires_at"
+                " WHERE leases.owner=excluded.owner OR leases.expires_at<=?",
+                (name, owner, now + ttl_seconds, now),
+            )
+        return cursor.rowcount > 0
+
+    def release_lease(self, name: str, owner: str) -> None:
+        """Drop the lease if ``owner`` holds it."""
+        with self._lock:
+            self._db.execute("DELETE FROM leases WHERE name=? AND owner=?", (name, owner))
 
     def close(self) -> None:
         """Close the database."""

@@ -1,0 +1,117 @@
+"""One flush per cadence at a time; one worker per patient at a time; a cadence change applies
+from the next run; weekly marks staged daily wait in the state store, not in the queue."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime
+
+import httpx2
+import pytest
+from fastapi.testclient import TestClient
+
+import workers.subscriber as subscriber
+from app.main import create_app
+from app.models import Cadence, DirtyMark, SubjectKind
+from app.queue.topology import DIRTY_TOPIC, WORK_SUBSCRIPTION, dirty_subscription
+from tests.helpers import demo_runtime
+from tests.test_workers import FakeHealthie, work
+from workers.flusher import FlushInProgress, flush
+from workers.subscriber import drain
+
+
+@pytest.fixture
+def runtime(tmp_path):
+    rt = demo_runtime(tmp_path, http_transport=httpx2.MockTransport(FakeHealthie()),
+                      flush_token="token-for-tests-1")
+    yield rt
+    rt.close()
+
+
+def mark(runtime, patient: str, cadence: str = "daily") -> None:
+    runtime.queue.publish(DIRTY_TOPIC, DirtyMark(
+        integration_id="demo-clinic", subject_kind=SubjectKind.PATIENT, subject_id=patient,
+        reason="patient.updated", received_at=datetime.now(UTC)).model_dump_json().encode(),
+        {"integration": "demo-clinic", "cadence": cadence})
+
+
+def test_a_second_flush_of_the_same_cadence_is_refused(runtime):
+    assert runtime.state.try_lease("flush:daily", "someone-else", 60)
+    with pytest.raises(FlushInProgress):
+        flush(runtime, Cadence.DAILY)
+    client = TestClient(create_app(runtime))
+    response = client.post("/flush/daily", headers={"Authorization": "Bearer token-for-tests-1"})
+    assert response.status_code == 409
+    assert flush(runtime, Cadence.HOURLY).work_items == 0  # other cadences are not blocked
+    runtime.state.release_lease("flush:daily", "someone-else")
+    mark(runtime, "1")
+    assert flush(runtime, Cadence.DAILY).work_items == 1
+
+
+def test_many_marks_for_one_patient_make_one_work_item(runtime):
+    for _ in range(50):
+        mark(runtime, "1")
+    mark(runtime, "2")
+    result = flush(runtime, Cadence.DAILY)
+    assert (result.marks, result.work_items) == (51, 2)
+    assert runtime.state.list_pending("demo-clinic") == []
+
+
+def test_two_workers_never_process_one_patient_at_once(runtime, monkeypatch):
+    monkeypatch.setattr(subscriber, "BUSY_RETRY_SECONDS", 0.2)
+    warehouse = runtime.connectors("demo-clinic")["warehouse"]
+    original = warehouse.execute
+    active: Counter[str] = Counter()
+    peak: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def slow_execute(operation, args):
+        with lock:
+            active[args.patient_id] += 1
+            peak[args.patient_id] = max(peak[args.patient_id], active[args.patient_id])
+        time.sleep(0.3)
+        with lock:
+            active[args.patient_id] -= 1
+        return original(operation, args)
+
+    monkeypatch.setattr(warehouse, "execute", slow_execute)
+    for _ in range(3):
+        work(runtime, "1")  # three items for one patient, e.g. from overlapping flushes
+
+    def worker() -> None:
+        drain(runtime, batch_size=1, idle_timeout=1.0)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert peak["1"] == 1
+    assert runtime.queue.pull(WORK_SUBSCRIPTION) == []
+    assert runtime.state.get_patient("demo-clinic", "1").outcome == "written"
+
+
+def test_cadence_change_applies_from_the_next_run(runtime):
+    mark(runtime, "1", cadence="daily")  # queued while the integration was daily
+    integration = runtime.integrations["demo-clinic"]
+    runtime.integrations["demo-clinic"] = integration.model_copy(
+        update={"cadence": Cadence.HOURLY})
+    daily = flush(runtime, Cadence.DAILY)
+    assert (daily.marks, daily.work_items) == (1, 0)  # staged, not published: no longer daily
+    hourly = flush(runtime, Cadence.HOURLY)
+    assert hourly.work_items == 1
+    assert drain(runtime).processed == 1
+
+
+def test_weekly_marks_are_staged_daily_and_published_weekly(runtime):
+    integration = runtime.integrations["demo-clinic"]
+    runtime.integrations["demo-clinic"] = integration.model_copy(
+        update={"cadence": Cadence.WEEKLY})
+    mark(runtime, "1", cadence="weekly")
+    staged = flush(runtime, Cadence.WEEKLY, stage_only=True)
+    assert (staged.marks, staged.work_items) == (1, 0)
+    assert runtime.queue.pull(dirty_subscription(Cadence.WEEKLY)) == []  # out of the queue
+    assert [p.patient_id for p in runtime.state.list_pending("demo-clinic")] == ["1"]
+    assert flush(runtime, Cadence.WEEKLY).work_items == 1
