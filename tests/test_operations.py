@@ -1,76 +1,60 @@
 """Contract: every operation the project sends validates against Healthie's published schema,
-and the entry never reaches session notes or clinical documentation."""
+and the entry never reaches session notes or clinical documentation.
+
+The type walk is ``app.healthie.selection``'s, the same one that checks an integration's entry
+selection at start-up."""
 
 from __future__ import annotations
 
-from graphql import (
-    GraphQLSchema,
-    TypeInfo,
-    Visitor,
-    get_named_type,
-    parse,
-    validate,
-    visit,
-)
-from graphql.utilities import TypeInfoVisitor
+from graphql import GraphQLSchema
 
-from app.healthie import operations
 from app.healthie.client import _appointments_document, _entries_document
-
-EXCLUDED_TYPES = {
-    "FormAnswerGroup",
-    "FormAnswer",
-    "Note",
-    "Conversation",
-    "Document",
-    "Comment",
-}
-
-
-def _excluded(type_name: str) -> bool:
-    lowered = type_name.lower()
-    return type_name in EXCLUDED_TYPES or "chartingnote" in lowered or "chart_note" in lowered
+from app.healthie.complexity import MAX_COMPLEXITY, MAX_DEPTH, depth, estimate
+from app.healthie.schema_check import operation_documents, problems_against
+from app.healthie.selection import forbidden_selections, reached_types
+from tests.test_client import make
 
 
 def _documents() -> dict[str, str]:
-    docs = {name: operations.load(name) for name in operations.names()}
-    # fragments are sent inside the batched queries the client builds
-    docs["entry"] = _entries_document(3).document.loc.source.body  # type: ignore[union-attr]
-    docs["appointment_patients_batch"] = _appointments_document(3).document.loc.source.body  # type: ignore[union-attr]
-    return docs
+    client = make(lambda r: None)
+    try:
+        return operation_documents(client)
+    finally:
+        client.close()
 
 
 def test_every_operation_validates_against_the_published_schema(healthie_schema: GraphQLSchema):
-    problems = {
-        name: [e.message for e in validate(healthie_schema, parse(text))]
-        for name, text in _documents().items()
-    }
-    assert {k: v for k, v in problems.items() if v} == {}
-    assert len(problems) >= 4
-
-
-def _reached_types(schema: GraphQLSchema, text: str) -> list[tuple[str, str]]:
-    type_info = TypeInfo(schema)
-    reached: list[tuple[str, str]] = []
-
-    class Collect(Visitor):
-        def enter_field(self, node, *_):  # type: ignore[no-untyped-def]
-            field_type = type_info.get_type()
-            if field_type is not None:
-                reached.append((node.name.value, get_named_type(field_type).name))
-
-    visit(parse(text), TypeInfoVisitor(type_info, Collect()))
-    return reached
+    documents = _documents()
+    assert problems_against(healthie_schema, documents) == {}
+    assert {"entry", "appointment_patients_batch", "sweep_users", "sweep_appointments",
+            "sweep_applied_tags", "webhooks", "failed_webhooks"} <= set(documents)
 
 
 def test_entry_never_reaches_notes_or_clinical_documentation(healthie_schema: GraphQLSchema):
-    reached = _reached_types(healthie_schema, _documents()["entry"])
+    entry = _documents()["entry"]
+    reached = reached_types(healthie_schema, entry)
     assert len(reached) > 40  # the walk really visited the selection
-    offending = [(field, t) for field, t in reached if _excluded(t)]
-    assert offending == []
+    assert forbidden_selections(healthie_schema, entry) == []
 
 
 def test_exclusion_walk_catches_a_forbidden_selection(healthie_schema: GraphQLSchema):
-    bad = "query { user(id: \"1\") { id form_answer_groups { id } } }"
-    reached = _reached_types(healthie_schema, bad)
-    assert ("form_answer_groups", "FormAnswerGroup") in reached
+    bad = "query Q { user(id: \"1\") { id form_answer_groups { id } } }"
+    (found,) = forbidden_selections(healthie_schema, bad)
+    assert found.path == "Q.user.form_answer_groups"
+    assert "FormAnswerGroup" in found.types
+
+
+def test_every_operation_stays_under_healthies_limits(healthie_schema: GraphQLSchema):
+    """Paged operations at their page size, and a full entries batch, fit the caps."""
+    from gql import GraphQLRequest
+
+    from app.healthie.pagination import DEFAULT_PAGE_SIZE
+
+    for name, text in _documents().items():
+        document = GraphQLRequest(text).document
+        score = estimate(document, {"first": DEFAULT_PAGE_SIZE}, schema=healthie_schema)
+        assert score <= MAX_COMPLEXITY, (name, score)
+        assert depth(document) <= MAX_DEPTH, name
+    batch = _entries_document(15).document
+    assert estimate(batch, schema=healthie_schema) <= MAX_COMPLEXITY
+    assert estimate(_appointments_document(60).document, schema=healthie_schema) <= MAX_COMPLEXITY

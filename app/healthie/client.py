@@ -1,17 +1,34 @@
-"""The one Healthie GraphQL client (gql over httpx2): auth and version headers, rate limiting,
-retries, error mapping, and aliased batching of entries and appointment resolution.
+"""The one Healthie GraphQL client (gql over httpx2): auth and version headers, pacing,
+retries, a circuit breaker, error mapping, and complexity-aware aliased batching.
 
 Every Healthie failure leaves this module as one of ``app.errors``' kinds:
 ``TOO_MANY_REQUESTS`` (a GraphQL error in a 200) and HTTP 429 -> RateLimited; 5xx, timeouts and
-connection errors -> UpstreamUnavailable; 401/403 and unknown API versions -> ConfigurationError;
-anything else that does not match the contract -> InvalidResponse.
+connection errors -> UpstreamUnavailable (CircuitOpen while the breaker is open); 401/403 and
+unknown API versions -> ConfigurationError; anything else that does not match the contract,
+including a single patient whose entry alone exceeds the complexity cap -> InvalidResponse.
+
+A request's journey (``execute``)::
+
+    breaker.before_call ─▶ bucket.acquire ─▶ POST ─▶ classify ─▶ breaker.record_*
+          ▲                                                │ RetriableError
+          └──────── tenacity (exponential jitter, ≥ Retry-After) ◀────┘  (not CircuitOpen)
+
+Batching (``fetch_entries``): patients are aliased ``p0: user(id: $id0) { ...PatientEntry }``,
+as many per request as the complexity estimate allows under Healthie's cap of 2000 (config
+``batch_size`` is an upper bound). If Healthie still refuses a batch as too complex, the
+batch is split in half (or smaller, when the refusal's real score says halves cannot fit) and
+each part retried, recursively down to one patient; the score also corrects the per-entry
+estimate so later batches are sized right the first time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import threading
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import Any
 
@@ -26,7 +43,7 @@ from gql.transport.exceptions import (
 from gql.transport.httpx import HTTPXTransport
 from tenacity import (
     Retrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     wait_exponential_jitter,
 )
@@ -35,15 +52,32 @@ from tenacity.wait import wait_base
 from app.config import DEFAULT_API_VERSION
 from app.errors import (
     ConfigurationError,
+    HealthieSyncError,
     InvalidResponse,
     RateLimited,
     RetriableError,
     UpstreamUnavailable,
 )
 from app.healthie import operations
-from app.healthie.ratelimit import TokenBucket, bucket_for
+from app.healthie.complexity import MAX_COMPLEXITY, estimate, parse_complexity_error
+from app.healthie.ratelimit import CircuitBreaker, CircuitOpen, TokenBucket, bucket_for
 
 log = logging.getLogger(__name__)
+
+
+class ComplexityExceeded(InvalidResponse):
+    """Healthie refused a request as too complex (``score`` over ``limit``)."""
+
+    kind = "complexity_exceeded"
+
+    def __init__(self, message: str, *, score: int, limit: int) -> None:
+        super().__init__(message)
+        self.score, self.limit = score, limit
+
+
+def _retriable(exc: BaseException) -> bool:
+    # An open circuit means "fail fast": retrying here would only wait out the cool-down.
+    return isinstance(exc, RetriableError) and not isinstance(exc, CircuitOpen)
 
 
 class _HonourRetryAfter(wait_base):
@@ -60,13 +94,21 @@ class _HonourRetryAfter(wait_base):
         return base
 
 
-@cache
-def _entries_document(count: int) -> GraphQLRequest:
+def _entries_text(count: int, fragment: str) -> str:
     variables = ", ".join(f"$id{i}: ID" for i in range(count))
     fields = "\n".join(f"  p{i}: user(id: $id{i}) {{ ...PatientEntry }}" for i in range(count))
-    return GraphQLRequest(
-        f"query Entries({variables}) {{\n{fields}\n}}\n" + operations.load("entry")
-    )
+    return f"query Entries({variables}) {{\n{fields}\n}}\n" + fragment
+
+
+@cache
+def _entries_document_for(count: int, fragment: str) -> GraphQLRequest:
+    """The batched entries query for ``count`` patients using ``fragment`` (PatientEntry)."""
+    return GraphQLRequest(_entries_text(count, fragment))
+
+
+def _entries_document(count: int) -> GraphQLRequest:
+    """The batched entries query for ``count`` patients with the committed fragment."""
+    return _entries_document_for(count, operations.load("entry"))
 
 
 @cache
@@ -80,16 +122,33 @@ def _appointments_document(count: int) -> GraphQLRequest:
     return GraphQLRequest(f"query AppointmentPatients({variables}) {{\n{fields}\n}}")
 
 
+def _per_request(cost: int, cap: int, upper: int) -> int:
+    """How many items of ``cost`` points fit one request under ``cap`` (at most ``upper``)."""
+    return max(1, min(upper, cap // max(cost, 1)))
+
+
 def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _retry_after(headers: httpx2.Headers | None) -> float | None:
+    value = headers.get("retry-after") if headers is not None else None
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None  # an HTTP-date; the exponential back-off applies instead
 
 
 class HealthieClient:
     """A Healthie API client bound to one API key.
 
     ``http_transport`` lets tests pass ``httpx2.MockTransport`` and lets the engine share
-    connection pools; the rate limit is shared by every client of the same key in the process.
+    connection pools; the token bucket is shared by every client of the same key in the
+    process (unless ``bucket`` is given), the circuit breaker belongs to this client.
+    ``entry_fragment`` is the PatientEntry
+    fragment text to fetch (default: the committed one; see ``selection.build_entry_fragment``).
+    ``concurrency`` is how many entry batches one ``fetch_entries`` call keeps in flight.
     """
 
     def __init__(
@@ -104,6 +163,11 @@ class HealthieClient:
         rate_limit: float = 250.0,
         max_attempts: int = 5,
         batch_size: int = 15,
+        entry_fragment: str | None = None,
+        max_complexity: int = MAX_COMPLEXITY,
+        concurrency: int = 1,
+        breaker: CircuitBreaker | None = None,
+        bucket: TokenBucket | None = None,
     ) -> None:
         headers = {
             "Authorization": f"Basic {api_key}",
@@ -112,23 +176,52 @@ class HealthieClient:
         }
         if shard_id:
             headers["AuthorizationShard"] = shard_id
-        kwargs: dict[str, Any] = {"headers": headers, "timeout": timeout}
+        self._local = threading.local()
+        kwargs: dict[str, Any] = {
+            "headers": headers,
+            "timeout": timeout,
+            "event_hooks": {"response": [self._remember_response]},
+        }
         if http_transport is not None:
             kwargs["transport"] = http_transport
+        self.api_version = api_version
         self._transport = HTTPXTransport(url=url, **kwargs)
         self._client = Client(transport=self._transport, fetch_schema_from_transport=False)
         self._session = self._client.connect_sync()  # type: ignore[no-untyped-call]
         key_id = hashlib.sha256(api_key.encode()).hexdigest()[:16]  # never the key itself
-        self.bucket: TokenBucket = bucket_for(key_id, rate_limit)
+        self.bucket: TokenBucket = bucket or bucket_for(key_id, rate_limit)
+        self.breaker = breaker or CircuitBreaker()
         self.batch_size = batch_size
+        self.max_complexity = max_complexity
+        self.concurrency = max(1, concurrency)
+        self.entry_fragment = ""
+        self.entry_cost = 0
+        self.use_entry_fragment(entry_fragment or operations.load("entry"))
+        self.appointment_cost = estimate(_appointments_document(1).document)
         self.requests_sent = 0
+        self.rate_limited = 0  # TOO_MANY_REQUESTS and HTTP 429 answers seen
+        self.complexity_splits = 0
         self.warnings_seen: set[str] = set()
+        self._consecutive_limits = 0
+        self._stats_lock = threading.Lock()
         self._retrying = Retrying(
-            retry=retry_if_exception_type(RetriableError),
+            retry=retry_if_exception(_retriable),
             stop=stop_after_attempt(max_attempts),
             wait=_HonourRetryAfter(),
             reraise=True,
         )
+
+    def use_entry_fragment(self, fragment: str) -> None:
+        """Fetch entries with ``fragment`` (PatientEntry text, e.g. from
+        ``selection.build_entry_fragment``, which may need this client to introspect first)."""
+        self.entry_fragment = fragment
+        #: estimated complexity of one aliased entry (corrected by Healthie's refusals)
+        self.entry_cost = estimate(_entries_document_for(1, fragment).document)
+
+    @property
+    def entries_per_request(self) -> int:
+        """Patients per entries request: the complexity cap's allowance, at most batch_size."""
+        return _per_request(self.entry_cost, self.max_complexity, self.batch_size)
 
     def close(self) -> None:
         """Close the HTTP connections."""
@@ -144,15 +237,44 @@ class HealthieClient:
         result: dict[str, Any] = self._retrying(self._execute_once, request, variables)
         return result
 
+    def _remember_response(self, response: httpx2.Response) -> None:
+        # gql hides the status of a response whose body is GraphQL JSON (a 429 or 503 with an
+        # ``errors`` body); the hook runs in the requesting thread, so a thread-local is exact.
+        self._local.status = response.status_code
+        self._local.headers = response.headers
+
     def _execute_once(self, request: GraphQLRequest, variables: dict[str, Any]) -> dict[str, Any]:
+        self.breaker.before_call()
+        try:
+            data = self._attempt(request, variables)
+        except (RateLimited, UpstreamUnavailable):
+            self.breaker.record_failure()
+            raise
+        except HealthieSyncError:
+            self.breaker.record_success()  # Healthie answered; the request itself was wrong
+            raise
+        except BaseException:
+            self.breaker.release()
+            raise
+        self.breaker.record_success()
+        with self._stats_lock:
+            self._consecutive_limits = 0
+        return data
+
+    def _attempt(self, request: GraphQLRequest, variables: dict[str, Any]) -> dict[str, Any]:
         self.bucket.acquire()
-        self.requests_sent += 1
+        with self._stats_lock:
+            self.requests_sent += 1
+        self._local.status, self._local.headers = None, None
         req = GraphQLRequest(
             request.document, variable_values=variables, operation_name=request.operation_name
         )
         try:
             result = self._session.execute(req, get_execution_result=True)
         except TransportQueryError as exc:
+            status = getattr(self._local, "status", None)
+            if status is not None and (status == 429 or status >= 500):
+                raise self._map_status(status, str(exc)) from exc
             return self._partial_or_raise(exc)
         except TransportServerError as exc:
             raise self._map_status(exc.code, str(exc)) from exc
@@ -163,18 +285,21 @@ class HealthieClient:
         self._log_warnings(result.extensions)
         return dict(result.data or {})
 
-    def _retry_after(self) -> float | None:
-        headers = self._transport.response_headers
-        value = headers.get("retry-after") if headers is not None else None
-        try:
-            return float(value) if value else None
-        except ValueError:
-            return None
+    def _throttle(self, pause: float | None) -> float:
+        """Slow the key's bucket after a rate-limit answer; returns the pause applied."""
+        with self._stats_lock:
+            self.rate_limited += 1
+            self._consecutive_limits += 1
+            streak = self._consecutive_limits
+        # Healthie gives no Retry-After with TOO_MANY_REQUESTS: 1 s, doubling while it repeats.
+        wait = pause if pause is not None else min(2.0 ** (streak - 1), 8.0)
+        self.bucket.throttle(wait)
+        return wait
 
     def _map_status(self, code: int | None, message: str) -> Exception:
         if code == 429:
-            self.bucket.pause(self._retry_after() or 1.0)
-            return RateLimited("Healthie HTTP 429", retry_after=self._retry_after())
+            wait = self._throttle(_retry_after(getattr(self._local, "headers", None)))
+            return RateLimited("Healthie HTTP 429", retry_after=wait)
         if code in (401, 403):
             return ConfigurationError(f"Healthie refused the API key (HTTP {code})")
         if code is not None and code >= 500:
@@ -185,12 +310,20 @@ class HealthieClient:
         errors = exc.errors or []
         codes = {str((e.get("extensions") or {}).get("code", "")) for e in errors}
         if "TOO_MANY_REQUESTS" in codes:
-            self.bucket.pause(1.0)
-            raise RateLimited("Healthie TOO_MANY_REQUESTS", retry_after=1.0) from exc
+            wait = self._throttle(None)
+            raise RateLimited("Healthie TOO_MANY_REQUESTS", retry_after=wait) from exc
         if "UNSUPPORTED_API_VERSION" in codes:
             raise ConfigurationError("Healthie does not support the pinned API version") from exc
         if codes & {"UNAUTHENTICATED", "UNAUTHORIZED", "FORBIDDEN"}:
             raise ConfigurationError("Healthie refused the API key") from exc
+        for error in errors:
+            refused = parse_complexity_error(str(error.get("message", "")))
+            if refused is not None:
+                raise ComplexityExceeded(
+                    f"Healthie: query complexity {refused.score} exceeds {refused.limit}",
+                    score=refused.score,
+                    limit=refused.limit,
+                ) from exc
         self._log_warnings(exc.extensions)
         if exc.data and errors and all(e.get("path") for e in errors):
             data = dict(exc.data)
@@ -215,29 +348,84 @@ class HealthieClient:
             log.warning("Healthie API warning %s: %s", code or "", str(message)[:300])
 
     # -- batched reads ---------------------------------------------------------------------
-    def fetch_entries(self, patient_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
-        """Each patient's raw entry (``None`` when Healthie has no such patient)."""
+    def fetch_entries(
+        self, patient_ids: Sequence[str], *, concurrency: int | None = None
+    ) -> dict[str, dict[str, Any] | None]:
+        """Each patient's raw entry (``None`` when Healthie has no such patient).
+
+        Batches are sized by the complexity estimate (``entries_per_request``); with
+        ``concurrency`` > 1 (default: the client's) several batches are in flight at once, all
+        still paced by the key's token bucket.
+        """
+        unique = list(dict.fromkeys(patient_ids))
+        chunks = list(_chunks(unique, self.entries_per_request))
+        workers = min(concurrency or self.concurrency, len(chunks))
         out: dict[str, dict[str, Any] | None] = {}
-        for chunk in _chunks(list(dict.fromkeys(patient_ids)), self.batch_size):
-            data = self.execute(
-                _entries_document(len(chunk)), {f"id{i}": pid for i, pid in enumerate(chunk)}
-            )
-            failures = data.get("__errors__", {})
-            for i, pid in enumerate(chunk):
-                value = data.get(f"p{i}")
-                if value is not None and not isinstance(value, dict):
-                    raise InvalidResponse(f"entry for patient {pid} is not an object")
-                if value is None and f"p{i}" in failures and "not found" not in failures[
-                    f"p{i}"
-                ].lower():
-                    raise InvalidResponse(f"patient {pid}: {failures[f'p{i}']}")
-                out[pid] = value
+        if workers <= 1:
+            for chunk in chunks:
+                out.update(self._fetch_batch(chunk))
+            return out
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="healthie") as pool:
+            for part in pool.map(self._fetch_batch, chunks):
+                out.update(part)
         return out
+
+    def _fetch_batch(self, chunk: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        try:
+            data = self.execute(
+                _entries_document_for(len(chunk), self.entry_fragment),
+                {f"id{i}": pid for i, pid in enumerate(chunk)},
+            )
+        except ComplexityExceeded as exc:
+            self._learn_entry_cost(exc, len(chunk))
+            if len(chunk) == 1:
+                raise InvalidResponse(
+                    f"patient {chunk[0]}: one entry alone has complexity {exc.score}, over "
+                    f"Healthie's cap of {exc.limit}; narrow healthie.entry_extra_selection"
+                ) from exc
+            with self._stats_lock:
+                self.complexity_splits += 1
+            # Halves, or smaller pieces when Healthie's score already says halves won't fit.
+            size = min(len(chunk) // 2, self.entries_per_request)
+            log.info("Healthie refused %d entries as too complex; retrying by %d", len(chunk), size)
+            merged: dict[str, dict[str, Any] | None] = {}
+            for part in _chunks(chunk, size):
+                merged.update(self._fetch_batch(part))
+            return merged
+        failures = data.get("__errors__", {})
+        out: dict[str, dict[str, Any] | None] = {}
+        for i, pid in enumerate(chunk):
+            value = data.get(f"p{i}")
+            if value is not None and not isinstance(value, dict):
+                raise InvalidResponse(f"entry for patient {pid} is not an object")
+            if value is None and f"p{i}" in failures and "not found" not in failures[
+                f"p{i}"
+            ].lower():
+                raise InvalidResponse(f"patient {pid}: {failures[f'p{i}']}")
+            out[pid] = value
+        return out
+
+    def _learn_entry_cost(self, exc: ComplexityExceeded, count: int) -> None:
+        """Healthie's score is the truth: raise the per-entry estimate to match it."""
+        with self._stats_lock:
+            if 0 < exc.limit < self.max_complexity:
+                self.max_complexity = exc.limit
+            observed = math.ceil(exc.score / count)
+            if observed > self.entry_cost:
+                log.warning(
+                    "Healthie scores an entry at %d, above the estimate of %d; batches shrink "
+                    "to %d patients",
+                    observed,
+                    self.entry_cost,
+                    _per_request(observed, self.max_complexity, self.batch_size),
+                )
+                self.entry_cost = observed
 
     def resolve_appointments(self, appointment_ids: Sequence[str]) -> dict[str, list[str]]:
         """Each appointment's patients (owner and attendees); unknown appointments map to []."""
         out: dict[str, list[str]] = {}
-        for chunk in _chunks(list(dict.fromkeys(appointment_ids)), self.batch_size * 4):
+        size = _per_request(self.appointment_cost, self.max_complexity, self.batch_size * 4)
+        for chunk in _chunks(list(dict.fromkeys(appointment_ids)), size):
             data = self.execute(
                 _appointments_document(len(chunk)), {f"id{i}": a for i, a in enumerate(chunk)}
             )

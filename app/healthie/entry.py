@@ -37,6 +37,22 @@ def _normalize_timestamp(value: str) -> str:
     return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_timestamp(value: object) -> datetime | None:
+    """An aware datetime from Healthie's ISO 8601 or Ruby form; None when not a timestamp
+    (or a naive one, which has no single instant)."""
+    if not isinstance(value, str):
+        return None
+    match = _TIMESTAMP.match(value.strip())
+    if not match:
+        return None
+    day, clock, offset = match.groups()
+    try:
+        parsed = datetime.fromisoformat(f"{day}T{clock}{(offset or '').replace('Z', '+00:00')}")
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
 def _sort_key(item: Any) -> tuple[int, str]:
     if isinstance(item, dict) and "id" in item:
         ident = str(item["id"])
