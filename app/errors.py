@@ -6,10 +6,11 @@
     ├── ConfigurationError   stop and report: nothing will work until a person fixes config
     ├── RetriableError       nack and back off: the same work may succeed later
     │   ├── RateLimited          (Healthie TOO_MANY_REQUESTS / HTTP 429, carries retry_after)
-    │   ├── UpstreamUnavailable  (5xx, timeouts, connection errors, complexity splits exhausted)
+    │   ├── UpstreamUnavailable  (5xx, timeouts, connection errors, an open circuit breaker)
     │   └── QueueUnavailable     (a publish was not confirmed)
     ├── FatalError           dead-letter now: retrying the same input cannot succeed
-    │   ├── InvalidResponse      (a reply that does not match its contract)
+    │   ├── InvalidResponse      (a reply that does not match its contract; one patient's
+    │   │                         entry still over the complexity cap after splitting)
     │   ├── PlanValidationError  (a WritePlan that names another patient, target or bad args)
     │   └── TargetRejected       (a target refused a write for a reason that will not change)
     └── SkippableError       acknowledge and record: nothing to do for this item

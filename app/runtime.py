@@ -92,7 +92,20 @@ class Runtime:
                     shard_id=self.secrets.get(cfg.shard_id_secret) if cfg.shard_id_secret else None,
                     http_transport=self.http_transport,
                     batch_size=cfg.batch_size,
+                    rate_limit=cfg.rate_limit,
                 )
+                if cfg.entry_extra_selection or cfg.entry_exclude_fields:
+                    from app.healthie.schema_check import live_schema
+                    from app.healthie.selection import build_entry_fragment
+
+                    # checked against the live schema (Healthie's, or the sandbox's subset)
+                    client.use_entry_fragment(
+                        build_entry_fragment(
+                            live_schema(client),
+                            cfg.entry_extra_selection,
+                            cfg.entry_exclude_fields,
+                        )
+                    )
                 self._healthie[integration_id] = client
             return client
 

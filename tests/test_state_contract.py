@@ -1,14 +1,19 @@
 """The state contract, run against every backend: SQLite (memory and file) and Firestore.
 
 The Firestore cases use the emulator (``tests/firestore_emulator.py``) with a fresh collection
-prefix per test, so tests never see each other's documents. The few Firestore-only tests at
-the end pin how vendor errors are converted at the store's edge.
+prefix per test, so tests never see each other's documents. Tests racing several processes
+open one store per thread over the same state (``open_store``): separate Firestore clients,
+separate SQLite connections to one file; an in-memory database cannot be shared, so there
+the threads share one store. The few Firestore-only tests at the end pin how vendor errors are
+converted at the store's edge.
 """
 
 from __future__ import annotations
 
 import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from uuid import uuid4
 
@@ -24,7 +29,7 @@ from app.errors import (
     UpstreamUnavailable,
 )
 from app.models import Cadence, Counts, RunRecord, WriteOperation, WritePlan
-from app.state.base import AuditRecord, PatientState
+from app.state.base import AuditRecord, PatientState, PendingPatient
 from app.state.firestore import FirestoreStateStore, convert_error
 from app.state.sqlite import SqliteStateStore
 from tests.firestore_emulator import firestore_emulator  # noqa: F401 (fixture)
@@ -47,15 +52,33 @@ def backend(request) -> str:
 
 
 @pytest.fixture
-def store(backend, request, tmp_path):
+def open_store(backend, request, tmp_path):
+    """Opens stores over one shared state, as separate processes would (see the docstring)."""
     if backend == "firestore":
         request.getfixturevalue("firestore_emulator")
-        client = firestore.Client(project="healthie-sync-test")
-        s = FirestoreStateStore(client, prefix=f"test-{uuid4().hex[:12]}", timeout=10)
-    else:
-        s = SqliteStateStore(":memory:" if backend == "sqlite-memory" else tmp_path / "state.db")
-    yield s
-    s.close()
+    prefix = f"test-{uuid4().hex[:12]}"
+    opened = []
+
+    def open_():
+        if backend == "sqlite-memory" and opened:
+            return opened[0]
+        if backend == "firestore":
+            client = firestore.Client(project="healthie-sync-test")
+            s = FirestoreStateStore(client, prefix=prefix, timeout=10)
+        else:
+            path = ":memory:" if backend == "sqlite-memory" else tmp_path / "state.db"
+            s = SqliteStateStore(path)
+        opened.append(s)
+        return s
+
+    yield open_
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
+def store(open_store):
+    return open_store()
 
 
 def patient(integration_id="clinic-a", patient_id="1001", **changes) -> PatientState:
@@ -264,6 +287,196 @@ def test_audit_lists_in_write_order_with_patient_filter(store):
     assert store.list_audit("clinic-c") == []
 
 
+# --- pending patients ----------------------------------------------------------------------
+
+
+def pending(patient_id, minutes=0, *reasons, version=0) -> PendingPatient:
+    return PendingPatient(patient_id=patient_id, dirty_since=T0 + timedelta(minutes=minutes),
+                          reasons=list(reasons), version=version)
+
+
+def test_staging_keeps_earliest_since_unions_reasons_and_bumps_version(store):
+    assert store.list_pending("clinic-a") == []
+    store.add_pending("clinic-a", [pending("1001", 10, "webhook"), pending("1002", 5, "sweep")])
+    assert store.list_pending("clinic-a") == [
+        pending("1001", 10, "webhook", version=1),
+        pending("1002", 5, "sweep", version=1),
+    ]
+    # A later mark keeps the earlier since; reasons merge sorted; the given version is ignored.
+    store.add_pending("clinic-a", [pending("1001", 20, "webhook", "appointment", version=99)])
+    # An earlier mark, given in another zone, moves since back.
+    earlier = (T0 - timedelta(minutes=1)).astimezone(timezone(timedelta(hours=-5)))
+    store.add_pending("clinic-a", [PendingPatient(patient_id="1002", dirty_since=earlier)])
+    # One call naming a patient three times stages it three times.
+    store.add_pending("clinic-a", [pending("1003", 3, "b"), pending("1003", 1, "a"),
+                                   pending("1003", 2, "a")])
+    store.add_pending("clinic-a", [])
+    got = store.list_pending("clinic-a")
+    assert got == [
+        pending("1001", 10, "appointment", "webhook", version=2),
+        pending("1002", -1, "sweep", version=2),
+        pending("1003", 1, "a", "b", version=3),
+    ]
+    assert all(p.dirty_since.utcoffset() == timedelta(0) for p in got)
+
+
+def test_pending_lists_in_patient_id_string_order_page_by_page(store):
+    # 2,412 patients: several 500-write batches on Firestore. Ids sort as strings ("10" < "9"),
+    # by code point (UTF-8 bytes), and not as Firestore's escaped document ids ("_a" is "%5Fa").
+    odd = ["_a", "-b", "A", "a", "a b", "Z~", "%41", "1/2", "é", "日本", "\ufffd", "😀"]
+    ids = [str(n) for n in range(1, 2401)] + odd
+    store.add_pending("clinic-a", [pending(i, 0, "sweep") for i in reversed(ids)])
+    expected = sorted(ids)
+    assert expected[:4] == ["%41", "-b", "1", "1/2"]
+
+    pages, after = [], None
+    for _ in range(5):  # bounded: a backend ignoring ``after`` must fail, not hang
+        if not (page := store.list_pending("clinic-a", after=after, limit=1000)):
+            break
+        pages.append(page)
+        after = page[-1].patient_id
+    assert [len(p) for p in pages] == [1000, 1000, 412]
+    listed = [p for page in pages for p in page]
+    assert [p.patient_id for p in listed] == expected
+    assert {p.version for p in listed} == {1}
+
+    assert [p.patient_id for p in store.list_pending("clinic-a", limit=3)] == expected[:3]
+    # ``after`` need not be staged: "15" is followed by "150".
+    assert [p.patient_id for p in store.list_pending("clinic-a", after="15", limit=2)] == [
+        "150", "1500"]
+    assert store.list_pending("clinic-a", after=expected[-1]) == []
+    assert store.list_pending("clinic-a", limit=0) == []
+
+    store.remove_pending("clinic-a", listed)
+    assert store.list_pending("clinic-a") == []
+
+
+def test_pending_patients_never_mix_between_integrations(store):
+    store.add_pending("clinic-a", [pending("1001", 0, "a")])
+    store.add_pending("clinic-b", [pending("1001", 5, "b"), pending("1002", 5, "b")])
+    store.add_pending("clinic-a/pending", [pending("1001", 9, "path")])
+    assert store.list_pending("clinic-a") == [pending("1001", 0, "a", version=1)]
+    assert store.list_pending("clinic-b") == [pending("1001", 5, "b", version=1),
+                                              pending("1002", 5, "b", version=1)]
+    assert store.list_pending("clinic-a/pending") == [pending("1001", 9, "path", version=1)]
+    assert store.list_pending("clinic-c") == []
+    store.remove_pending("clinic-b", [pending("1001", version=1)])
+    assert store.list_pending("clinic-a") == [pending("1001", 0, "a", version=1)]
+    assert store.list_pending("clinic-b") == [pending("1002", 5, "b", version=1)]
+
+
+def test_remove_pending_keeps_patients_staged_again_after_listing(store):
+    store.add_pending("clinic-a", [pending(p, 0, "webhook") for p in ("1001", "1002", "1003")])
+    listed = store.list_pending("clinic-a")
+    # Staged again while the listed versions are being published:
+    store.add_pending("clinic-a", [pending("1002", 5, "sweep")])
+    store.remove_pending("clinic-a", [*listed, pending("9999", version=1)])  # unknown: ignored
+    assert store.list_pending("clinic-a") == [pending("1002", 0, "sweep", "webhook", version=2)]
+    store.remove_pending("clinic-a", listed)  # still stale: nothing happens
+    assert len(store.list_pending("clinic-a")) == 1
+    store.remove_pending("clinic-a", store.list_pending("clinic-a"))
+    assert store.list_pending("clinic-a") == []
+    store.add_pending("clinic-a", [pending("1001", 9, "again")])
+    assert [(p.patient_id, p.reasons) for p in store.list_pending("clinic-a")] == [
+        ("1001", ["again"])]
+
+
+def test_no_staging_is_lost_while_other_processes_stage_and_publish(open_store):
+    # Two stagers and a publisher (list, then remove what was listed) race on a few patients.
+    # Every staging adds a unique reason, so every reason must end either in a listed version
+    # the publisher removed or still be staged: concurrent stagings merge instead of
+    # overwriting each other, and removing a listed version never drops a newer staging, even
+    # one landing between the remover's read and its delete.
+    stagers, publisher = [open_store(), open_store()], open_store()
+    ids, rounds = ["1001", "1002", "1003"], 40
+    published: set[str] = set()
+    staging = threading.Semaphore(0)
+
+    def stage(n):
+        try:
+            for k in range(rounds):
+                marks = [pending(i, k, f"s{n}-r{k:02d}-{i}") for i in ids]
+                stagers[n].add_pending("clinic-a", marks)
+        finally:
+            staging.release()
+
+    def publish():
+        finished = 0
+        while finished < len(stagers):
+            finished += staging.acquire(blocking=False)
+            listed = publisher.list_pending("clinic-a")
+            publisher.remove_pending("clinic-a", listed)
+            published.update(r for p in listed for r in p.reasons)
+
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(stage, 0), pool.submit(stage, 1), pool.submit(publish)]
+        for future in futures:
+            future.result(timeout=60)
+    left = {r for p in publisher.list_pending("clinic-a") for r in p.reasons}
+    staged = {f"s{n}-r{k:02d}-{i}" for n in range(2) for k in range(rounds) for i in ids}
+    assert published | left == staged
+
+
+def test_pending_beyond_one_mib(store, backend):
+    huge = pending("1001", 0, "r" * 1_100_000)
+    if DOCUMENT_LIMIT[backend] is None:
+        store.add_pending("clinic-a", [huge])
+        assert store.list_pending("clinic-a")[0].reasons == huge.reasons
+    else:
+        with pytest.raises(FatalError, match=r"1001.*clinic-a.*1 MiB"):
+            store.add_pending("clinic-a", [huge])
+        assert store.list_pending("clinic-a") == []
+
+
+# --- leases --------------------------------------------------------------------------------
+
+
+def test_lease_is_exclusive_renewable_and_released_only_by_its_owner(store):
+    assert store.try_lease("flush:hourly", "a", 60)
+    assert store.try_lease("flush:hourly", "a", 60)  # renewal
+    assert not store.try_lease("flush:hourly", "b", 60)
+    assert store.try_lease("flush:daily", "b", 60)  # another name, another lease
+    store.release_lease("flush:hourly", "b")  # not b's: ignored
+    assert not store.try_lease("flush:hourly", "b", 60)
+    store.release_lease("flush:hourly", "a")
+    assert store.try_lease("flush:hourly", "b", 60)
+    assert not store.try_lease("flush:hourly", "a", 60)
+    assert not store.try_lease("flush:daily", "a", 60)
+    store.release_lease("never-taken", "a")
+
+
+def test_renewal_extends_a_lease_and_an_expired_lease_is_taken_over(store):
+    assert store.try_lease("patient:clinic-a:1001", "a", 0.3)
+    assert store.try_lease("patient:clinic-a:1001", "a", 60)  # now outlives the first ttl
+    assert store.try_lease("patient:clinic-a:1002", "a", 0.3)
+    time.sleep(0.5)
+    assert not store.try_lease("patient:clinic-a:1001", "b", 60)
+    assert store.try_lease("patient:clinic-a:1002", "b", 60)  # expired: taken over
+    assert not store.try_lease("patient:clinic-a:1002", "a", 60)  # the old owner lost it
+    store.release_lease("patient:clinic-a:1002", "a")  # ... and cannot release it
+    assert not store.try_lease("patient:clinic-a:1002", "c", 60)
+
+
+@pytest.mark.parametrize("previous", ["none", "expired"])
+def test_exactly_one_of_eight_racing_owners_takes_the_lease(open_store, previous):
+    stores = [open_store() for _ in range(8)]
+    if previous == "expired":
+        assert stores[0].try_lease("flush:hourly", "crashed", 0.05)
+        time.sleep(0.1)
+    barrier = threading.Barrier(len(stores))
+
+    def race(i):
+        barrier.wait(timeout=30)
+        return stores[i].try_lease("flush:hourly", f"owner-{i}", 60)
+
+    with ThreadPoolExecutor(len(stores)) as pool:
+        won = list(pool.map(race, range(len(stores))))
+    assert won.count(True) == 1
+    winner = won.index(True)
+    for i, s in enumerate(stores):
+        assert s.try_lease("flush:hourly", f"owner-{i}", 60) is (i == winner)
+
+
 # --- Firestore's edge: vendor errors become engine errors ------------------------------------
 
 
@@ -284,6 +497,16 @@ def test_firestore_unreachable_is_retriable_within_the_timeout(monkeypatch):
         store.put_patient(patient())
     with pytest.raises(UpstreamUnavailable):
         store.list_runs()
+    with pytest.raises(UpstreamUnavailable):
+        store.add_pending("clinic-a", [PendingPatient(patient_id="1001", dirty_since=T0)])
+    with pytest.raises(UpstreamUnavailable):
+        store.list_pending("clinic-a")
+    with pytest.raises(UpstreamUnavailable):
+        store.remove_pending("clinic-a", [PendingPatient(patient_id="1001", dirty_since=T0)])
+    with pytest.raises(UpstreamUnavailable):
+        store.try_lease("flush:hourly", "a", 60)
+    with pytest.raises(UpstreamUnavailable):
+        store.release_lease("flush:hourly", "a")
     assert time.monotonic() - started < 10
     store.close()
 
@@ -358,6 +581,10 @@ def test_firestore_prefixes_keep_deployments_apart(firestore_pair):
     assert staging.get_watermark("clinic-a", "sweep") is None
     assert staging.list_audit("clinic-a") == []
     assert [r.run_id for r in prod.list_runs()] == ["r1"]
+    prod.add_pending("clinic-a", [PendingPatient(patient_id="1001", dirty_since=T0)])
+    assert prod.try_lease("flush:hourly", "prod", 60)
+    assert staging.list_pending("clinic-a") == []
+    assert staging.try_lease("flush:hourly", "staging", 60)
 
 
 @pytest.mark.firestore

@@ -26,13 +26,19 @@ class FakeHealthie:
         self.appointments = {"900": ["1", "2"]}
         self.fail_status: int | None = None
         self.requests = 0
+        self.swept: dict[str, list[dict]] = {"users": [], "appointments": [], "appliedTags": []}
 
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
         self.requests += 1
         if self.fail_status:
             return httpx2.Response(self.fail_status, text="nope")
         body = json.loads(request.content)
-        variables = body["variables"]
+        variables = body["variables"] or {}
+        for root in ("users", "appointments", "appliedTags"):
+            if body["query"].lstrip().startswith("query Sweep") and f"{root}(" in body["query"]:
+                return httpx2.Response(200, json={"data": {root: {
+                    "nodes": self.swept[root],
+                    "page_info": {"has_next_page": False, "end_cursor": None}}}})
         data = {}
         for i in range(len(variables)):
             ident = variables[f"id{i}"]

@@ -4,7 +4,13 @@
    (aliased GraphQL batches), and add the patients to each integration's pending set in the
    state store; only then acknowledge the chunk. Memory stays bounded by the chunk: the pending
    set, not the flusher, de-duplicates (a patient marked 50 times is staged once).
-2. **Publish.** For every integration now on this cadence, page through its pending set,
+2. **Sweep.** For every integration now on this cadence, ask Healthie what changed since the
+   last sweep's watermark (patients, appointments, applied tags; ``app.healthie.sweep``) and
+   stage those patients too: the net for lost webhooks, disabled webhooks and the recurring
+   appointment events Healthie does not send. The window overlaps the previous one by a few
+   minutes (clocks differ; re-staging is free); a failed sweep keeps its watermark and never
+   blocks publishing.
+3. **Publish.** For every integration now on this cadence, page through its pending set,
    publish a work item per patient, then unstage exactly the versions published (a mark staged
    meanwhile stays for the next flush).
 
@@ -25,11 +31,12 @@ import logging
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
 
-from app.errors import HealthieSyncError
+from app.errors import HealthieSyncError, InvalidResponse, RetriableError
+from app.healthie.sweep import sweep_changes
 from app.models import Cadence, DirtyMark, RunRecord, SubjectKind, WorkItem
 from app.queue.topology import WORK_TOPIC, dirty_subscription
 from app.runtime import Runtime
@@ -56,6 +63,7 @@ class FlushResult:
     invalid_marks: int = 0
     unresolved_marks: int = 0
     staged: int = 0
+    swept: int = 0
     work_items: int = 0
     per_integration: dict[str, int] = field(default_factory=dict)
     runs: list[RunRecord] = field(default_factory=list)
@@ -90,8 +98,9 @@ def flush(
                 started_at=started,
                 marks_drained=marks_by_integration.get(integration_id, 0),
             )
+            result.swept += _sweep(runtime, integration_id)
             run.patients = _publish_pending(runtime, integration_id, flush_id, chunk_size)
-            runtime.state.try_lease(lease, flush_id, LEASE_TTL_SECONDS)  # renew
+            _renew(runtime, lease, flush_id)
             run.counts.dirty_patients = run.patients
             result.work_items += run.patients
             if run.patients or run.marks_drained:
@@ -101,6 +110,13 @@ def flush(
         return result
     finally:
         runtime.state.release_lease(lease, flush_id)
+
+
+def _renew(runtime: Runtime, lease: str, owner: str) -> None:
+    # A flush that lost its lease (it ran past the TTL and another took over) must stop: two
+    # publishers could otherwise unstage each other's versions.
+    if not runtime.state.try_lease(lease, owner, LEASE_TTL_SECONDS):
+        raise FlushInProgress(f"flush {owner} lost its lease to another flush")
 
 
 def _stage(
@@ -126,7 +142,7 @@ def _stage(
             runtime.state.add_pending(integration_id, pending)
             result.staged += len(pending)
         runtime.queue.ack(subscription, [m.ack_id for m in messages])
-        runtime.state.try_lease(lease, result.flush_id, LEASE_TTL_SECONDS)  # renew per chunk
+        _renew(runtime, lease, result.flush_id)
 
 
 def _resolve(
@@ -174,6 +190,40 @@ def _resolve(
                 log.warning("applied-tag mark without user_id (integration=%s)", integration_id)
         staged[integration_id] = list(patients.values())
     return staged
+
+
+SWEEP_WATERMARK = "sweep"
+SWEEP_OVERLAP = timedelta(minutes=5)
+
+
+def _sweep(runtime: Runtime, integration_id: str) -> int:
+    """Stage what Healthie changed since the last sweep; returns the patients staged."""
+    if not runtime.integration(integration_id).healthie.sweep:
+        return 0
+    now = datetime.now(UTC)
+    last = runtime.state.get_watermark(integration_id, SWEEP_WATERMARK)
+    if last is None:
+        # First flush: webhooks cover everything from now on; the sweep starts here.
+        runtime.state.set_watermark(integration_id, SWEEP_WATERMARK, now)
+        return 0
+    try:
+        found = sweep_changes(runtime.healthie(integration_id), since=last - SWEEP_OVERLAP,
+                              until=now)
+    except (RetriableError, InvalidResponse) as exc:
+        log.warning("missed-change sweep failed for %s (%s); retried next flush",
+                    integration_id, exc.kind)
+        return 0
+    patients = set(found.patient_ids)
+    for people in found.appointment_patients.values():
+        patients.update(people)
+    if patients:
+        runtime.state.add_pending(
+            integration_id,
+            [PendingPatient(patient_id=p, dirty_since=now, reasons=["sweep"]) for p in patients],
+        )
+    if not found.truncated:
+        runtime.state.set_watermark(integration_id, SWEEP_WATERMARK, now)
+    return len(patients)
 
 
 def _publish_pending(runtime: Runtime, integration_id: str, flush_id: str, page: int) -> int:

@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (subscription, visible_at, seq);
 CREATE INDEX IF NOT EXISTS messages_ack ON messages (ack_id);
+CREATE INDEX IF NOT EXISTS messages_age ON messages (subscription, publish_time);
 """
 
 
@@ -62,6 +63,7 @@ class SqliteQueue:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._subs_cache: dict[str, list[tuple[str, dict[str, str]]]] = {}
+        self._purged_at: dict[str, float] = {}  # retention purge runs at most once a minute
         self._pending: stdlib_queue.SimpleQueue[_Publish | None] = stdlib_queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
@@ -210,10 +212,12 @@ class SqliteQueue:
             deadline, max_attempts, dlq, retention = sub
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute(
-                    "DELETE FROM messages WHERE subscription=? AND publish_time < ?",
-                    (subscription, now - retention),
-                )
+                if now - self._purged_at.get(subscription, 0.0) >= 60:
+                    self._db.execute(
+                        "DELETE FROM messages WHERE subscription=? AND publish_time < ?",
+                        (subscription, now - retention),
+                    )
+                    self._purged_at[subscription] = now
                 rows = self._db.execute(
                     "SELECT seq, message_id, data, attributes, publish_time, attempts"
                     " FROM messages WHERE subscription=? AND visible_at <= ?"

@@ -8,6 +8,9 @@ Layout (``{prefix}`` lets several deployments, or test runs, share one project):
         {prefix}-runs/{run_id}        RunRecord fields; started_at / finished_at as timestamps
         watermarks/{name}             {"value": timestamp}
         audit/{random id}             AuditRecord fields, ``at`` as a timestamp, plus ``seq``
+        pending/{patient_id}          PendingPatient: patient_id, dirty_since (timestamp),
+                                      reasons (sorted array), version
+    {prefix}-leases/{name}                            name, owner, expires_at (timestamp)
 
 Ids become document ids through an injective escape (``_doc_id``): ASCII letters, digits,
 ``-`` and a non-leading ``_`` stay as they are, every other UTF-8 byte becomes ``%XX``. So no
@@ -35,7 +38,38 @@ Limits: a document is at most 1 MiB (1,048,576 bytes, counted as Firestore does:
 of strings plus one, eight bytes per number or timestamp, the path, 32 bytes overhead). A
 patient's state holds its whole canonical entry, so ``put_patient`` measures the document
 first and raises ``FatalError`` (dead-letter: the same entry will never fit) without writing;
-the previous state stays. SQLite has no such limit.
+the previous state stays. ``add_pending`` measures each merged pending document the same
+way (only thousands of reasons could reach the limit). SQLite has no such limit.
+
+Staging and leases are read-check-write cycles made atomic with document preconditions
+(optimistic concurrency): a cycle reads the documents, computes the new values, then commits
+its writes in one atomic batch where every write carries a precondition on what was read
+(``create`` for "still absent", ``last_update_time`` for "unchanged since read"). A concurrent
+change fails the whole batch (``AlreadyExists`` / ``FailedPrecondition``), nothing is written,
+and the cycle runs again from a fresh read after a short jittered pause, until it commits or
+``timeout`` has passed (then ``UpstreamUnavailable``: contention, try later). Each read and
+commit keeps its own ``timeout``, so a contended call may take a few times ``timeout``. A
+batch holds at most 500 writes, so ``add_pending`` and ``remove_pending`` commit 500 patients
+at a time: each batch is atomic, a whole larger call is not (SQLite's is), which is harmless
+because a retried call re-stages or re-removes idempotently (``version`` aside).
+
+Why not the client library's ``@transactional``, which gives the same isolation: its begin
+and commit calls take no retry or timeout, so they run the library's own 60 s retry budget
+(measured: against an unreachable server a transaction fails after ~56 s, and then as a
+``ValueError`` from its rollback, which hides the vendor error this module converts).
+
+* ``add_pending`` merges duplicates in the call first (as SQLite's row-by-row upsert does:
+  each occurrence adds one to ``version``), then per batch: earliest ``dirty_since``, sorted
+  union of ``reasons``, ``version`` + occurrences; a new patient starts at the occurrences.
+* ``list_pending`` orders by the stored ``patient_id`` field, not the document id: escaped ids
+  sort differently (``%`` < digits). Firestore orders strings by UTF-8 bytes, as SQLite's
+  BINARY collation and Python's ``str`` comparison do.
+* ``remove_pending`` deletes a document only under ``last_update_time`` of a read that showed
+  the listed ``version``: a staging committed after that read fails the batch, and the re-read
+  keeps the patient.
+* Leases expire by the caller's wall clock (as in SQLite): hosts need NTP-synchronised clocks,
+  and a lease should outlive the clock skew by far. Expired leases stay until taken over or
+  released; a TTL policy on ``{prefix}-leases.expires_at`` may sweep them.
 
 Indexes: every query uses one field, so single-field indexes suffice, except that
 ``list_runs()`` for all integrations needs a collection-group index on
@@ -45,19 +79,22 @@ patient filters by equality and sorts in memory, so it needs no composite index.
 Errors are converted here: unavailable, deadline, internal, aborted → ``UpstreamUnavailable``
 (after the store's own retries, bounded by ``timeout``); quota → ``RateLimited``; permission,
 authentication, invalid argument, missing database or index → ``ConfigurationError``; any
-other refusal → ``FatalError``.
+other refusal → ``FatalError``. A precondition failure on commit is not an error but a lost
+race: the cycle above retries it.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry, if_exception_type
@@ -72,11 +109,12 @@ from app.errors import (
     UpstreamUnavailable,
 )
 from app.models import RunRecord, WritePlan
-from app.state.base import AuditRecord, PatientState
+from app.state.base import AuditRecord, PatientState, PendingPatient
 
 #: Firestore's maximum document size, in its own accounting.
 MAX_DOCUMENT_BYTES = 1_048_576
 _MAX_ID_BYTES = 1500
+_MAX_BATCH_WRITES = 500
 _PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 _PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
@@ -96,6 +134,11 @@ _CONFIGURATION = (
     auth_exc.RefreshError,
     auth_exc.DefaultCredentialsError,
 )
+#: What a commit raises when a write's precondition no longer holds: another writer won.
+_CONFLICTS = (gexc.AlreadyExists, gexc.FailedPrecondition)
+
+_T = TypeVar("_T")
+_Snapshot = firestore.DocumentSnapshot[firestore.DocumentReference]
 
 
 class FirestoreStateStore:
@@ -212,6 +255,104 @@ class FirestoreStateStore:
             for d in docs
         ]
 
+    def add_pending(self, integration_id: str, patients: Sequence[PendingPatient]) -> None:
+        """Stage patients: earliest ``dirty_since``, sorted union of ``reasons``, ``version``
+        incremented; atomic per batch of 500 (see the module docstring)."""
+        merged: dict[str, tuple[datetime, set[str], int]] = {}
+        for p in patients:
+            since, reasons, count = merged.get(p.patient_id, (p.dirty_since, set(), 0))
+            merged[p.patient_id] = (
+                min(_to_firestore(since), _to_firestore(p.dirty_since)),
+                reasons | set(p.reasons),
+                count + 1,
+            )
+        ids = list(merged)
+        for start in range(0, len(ids), _MAX_BATCH_WRITES):
+            chunk = {pid: merged[pid] for pid in ids[start : start + _MAX_BATCH_WRITES]}
+            self._until_unchanged(
+                "stage pending patients", partial(self._stage, integration_id, chunk)
+            )
+
+    def list_pending(
+        self, integration_id: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[PendingPatient]:
+        """One page of staged patients in ``patient_id`` order, strictly after ``after``."""
+        if limit <= 0:
+            return []
+        query = self._integration(integration_id).collection("pending").order_by("patient_id")
+        if after is not None:
+            query = query.where(filter=firestore.FieldFilter("patient_id", ">", after))
+        docs = self._stream(query.limit(limit), "list pending patients")
+        return [
+            PendingPatient(
+                patient_id=d["patient_id"],
+                dirty_since=_from_firestore(d["dirty_since"]),
+                reasons=list(d["reasons"]),
+                version=d["version"],
+            )
+            for d in docs
+        ]
+
+    def remove_pending(self, integration_id: str, patients: Sequence[PendingPatient]) -> None:
+        """Unstage each patient whose stored version still equals the given one."""
+        versions: dict[str, set[int]] = {}
+        for p in patients:
+            versions.setdefault(p.patient_id, set()).add(p.version)
+        ids = list(versions)
+        for start in range(0, len(ids), _MAX_BATCH_WRITES):
+            chunk = {pid: versions[pid] for pid in ids[start : start + _MAX_BATCH_WRITES]}
+            self._until_unchanged(
+                "remove pending patients", partial(self._unstage, integration_id, chunk)
+            )
+
+    def try_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        """Take or renew the lease; False while another owner holds it unexpired."""
+        ref = self._lease(name)
+
+        def attempt() -> bool:
+            snapshot = self._get(ref, "read lease")
+            held, now = snapshot.to_dict(), datetime.now(UTC)
+            lease = {
+                "name": name,
+                "owner": owner,
+                "expires_at": now + timedelta(seconds=ttl_seconds),
+            }
+            if held is None:
+                self._commit(
+                    lambda: ref.create(lease, retry=self._retry, timeout=self._timeout),
+                    "take lease",
+                )
+            elif held["owner"] == owner or _from_firestore(held["expires_at"]) <= now:
+                option = self._client.write_option(last_update_time=snapshot.update_time)
+                self._commit(
+                    lambda: ref.update(
+                        lease, option=option, retry=self._retry, timeout=self._timeout
+                    ),
+                    "take lease",
+                )
+            else:
+                return False
+            return True
+
+        return self._until_unchanged("take lease", attempt)
+
+    def release_lease(self, name: str, owner: str) -> None:
+        """Delete the lease if ``owner`` holds it (expired or not)."""
+        ref = self._lease(name)
+
+        def attempt() -> None:
+            snapshot = self._get(ref, "read lease")
+            held = snapshot.to_dict()
+            if held is None or held["owner"] != owner:
+                return
+            option = self._client.write_option(last_update_time=snapshot.update_time)
+            self._commit(
+                lambda: ref.delete(option=option, retry=self._retry, timeout=self._timeout),
+                "release lease",
+            )
+
+        self._until_unchanged("release lease", attempt)
+
     def close(self) -> None:
         """Close the client."""
         self._client.close()  # type: ignore[no-untyped-call]
@@ -225,6 +366,105 @@ class FirestoreStateStore:
         parent = self._integration(integration_id)
         ref: firestore.DocumentReference = parent.collection(collection).document(_doc_id(key))
         return ref
+
+    def _lease(self, name: str) -> firestore.DocumentReference:
+        return self._client.collection(f"{self._prefix}-leases").document(_doc_id(name))
+
+    def _stage(
+        self, integration_id: str, chunk: Mapping[str, tuple[datetime, set[str], int]]
+    ) -> None:
+        """One read-merge-write cycle over at most 500 patients."""
+        refs = {pid: self._doc(integration_id, "pending", pid) for pid in chunk}
+        snapshots = self._get_all(list(refs.values()), "read pending patients")
+        batch = self._client.batch()
+        for pid, (since, reasons, count) in chunk.items():
+            ref, snapshot = refs[pid], snapshots[refs[pid].path]
+            stored = snapshot.to_dict()
+            doc = {
+                "patient_id": pid,
+                "dirty_since": since,
+                "reasons": sorted(reasons),
+                "version": count,
+            }
+            if stored is not None:
+                doc["dirty_since"] = min(since, _from_firestore(stored["dirty_since"]))
+                doc["reasons"] = sorted(reasons | set(stored["reasons"]))
+                doc["version"] = int(stored["version"]) + count
+            size = _document_size(ref.path, doc)
+            if size > MAX_DOCUMENT_BYTES:
+                raise FatalError(
+                    f"staging patient {pid!r} in integration {integration_id!r} needs {size} "
+                    f"bytes, over Firestore's {MAX_DOCUMENT_BYTES}-byte (1 MiB) document limit"
+                )
+            if stored is None:
+                batch.create(ref, doc)
+            else:
+                batch.update(
+                    ref,
+                    doc,
+                    option=self._client.write_option(last_update_time=snapshot.update_time),
+                )
+        self._commit(
+            lambda: batch.commit(retry=self._retry, timeout=self._timeout), "stage pending patients"
+        )
+
+    def _unstage(self, integration_id: str, chunk: Mapping[str, set[int]]) -> None:
+        """One read-check-delete cycle over at most 500 patients."""
+        refs = {pid: self._doc(integration_id, "pending", pid) for pid in chunk}
+        snapshots = self._get_all(list(refs.values()), "read pending patients")
+        batch = self._client.batch()
+        for pid, ref in refs.items():
+            snapshot = snapshots[ref.path]
+            stored = snapshot.to_dict()
+            if stored is not None and stored["version"] in chunk[pid]:
+                batch.delete(
+                    ref, option=self._client.write_option(last_update_time=snapshot.update_time)
+                )
+        if len(batch) == 0:
+            return
+        self._commit(
+            lambda: batch.commit(retry=self._retry, timeout=self._timeout),
+            "remove pending patients",
+        )
+
+    def _until_unchanged(self, action: str, cycle: Callable[[], _T]) -> _T:
+        """Run ``cycle`` (reads, then writes conditional on them) until its commit finds the
+        documents as it read them, or ``UpstreamUnavailable`` once ``timeout`` has passed."""
+        deadline = time.monotonic() + self._timeout
+        pause = 0.01
+        while True:
+            try:
+                return cycle()
+            except _Changed as changed:
+                if time.monotonic() + pause > deadline:
+                    raise UpstreamUnavailable(
+                        f"Firestore: {action} failed: the documents kept changing under it for "
+                        f"{self._timeout:g}s (contention)"
+                    ) from changed.__cause__
+            # Jitter, not security: racing writers should not retry in lockstep.
+            time.sleep(random.uniform(0, pause))  # noqa: S311
+            pause = min(pause * 2, 0.5)
+
+    def _commit(self, write: Callable[[], object], action: str) -> None:
+        """Run a conditional ``write``; a failed precondition raises ``_Changed``."""
+        try:
+            write()
+        except _CONFLICTS as exc:
+            raise _Changed from exc
+        except (gexc.GoogleAPIError, auth_exc.GoogleAuthError) as exc:
+            raise convert_error(exc, action) from exc
+
+    def _get(self, ref: firestore.DocumentReference, action: str) -> _Snapshot:
+        with _vendor_errors(action):
+            return ref.get(retry=self._retry, timeout=self._timeout)
+
+    def _get_all(
+        self, refs: list[firestore.DocumentReference], action: str
+    ) -> dict[str, _Snapshot]:
+        """Snapshots (missing documents included) by document path."""
+        with _vendor_errors(action):
+            snapshots = self._client.get_all(refs, retry=self._retry, timeout=self._timeout)
+            return {s.reference.path: s for s in snapshots}
 
     def _stream(self, query: firestore.Query, action: str) -> list[dict[str, Any]]:
         with _vendor_errors(action):
@@ -260,6 +500,10 @@ def _vendor_errors(action: str) -> Iterator[None]:
         yield
     except (gexc.GoogleAPIError, auth_exc.GoogleAuthError) as exc:
         raise convert_error(exc, action) from exc
+
+
+class _Changed(Exception):
+    """A conditional write lost a race: read again and recompute."""
 
 
 class _MonotonicClock:

@@ -140,9 +140,9 @@ class SqliteStateStore:
                         " WHERE integration_id=? AND patient_id=?",
                         (integration_id, p.patient_id),
                     ).fetchone()
-                    since, reasons = p.dirty_since, set(p.reasons)
+                    since, reasons = _utc(p.dirty_since), set(p.reasons)
                     if row is not None:
-                        since = min(since, datetime.fromisoformat(row[0]))
+                        since = min(since, _utc(datetime.fromisoformat(row[0])))
                         reasons |= set(json.loads(row[1]))
                     self._db.execute(
                         "INSERT INTO pending VALUES (?,?,?,?,1)"
