@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 
-from app.queue.base import Queue, publish_many_async
+from app.queue.base import Queue, SubmittingQueue
 
 Messages = Sequence[tuple[bytes, Mapping[str, str]]]
 
@@ -26,6 +26,8 @@ class PublishBatcher:
         self._max_batch = max_batch
         self._pending: list[tuple[Messages, asyncio.Future[None]]] = []
         self._in_flight = False
+        # decided once: a runtime-checkable Protocol check is slow on a hot path
+        self._submits = isinstance(queue, SubmittingQueue)
 
     async def publish(self, messages: Messages) -> None:
         """Return once ``messages`` are durably published; raise what the queue raised."""
@@ -43,7 +45,11 @@ class PublishBatcher:
                 del self._pending[: self._max_batch]
                 flat = [m for messages, _ in batch for m in messages]
                 try:
-                    await publish_many_async(self._queue, self._topic, flat)
+                    if self._submits:
+                        submitting: SubmittingQueue = self._queue  # type: ignore[assignment]
+                        await asyncio.wrap_future(submitting.submit_many(self._topic, flat))
+                    else:
+                        await asyncio.to_thread(self._queue.publish_many, self._topic, flat)
                 except Exception as exc:  # noqa: BLE001 - handed to every waiting request
                     for _, future in batch:
                         if not future.done():
