@@ -3,6 +3,8 @@
 Entries of one pulled batch are fetched together (aliased GraphQL), so a batch of N patients
 costs about N / batch_size Healthie requests. Each item's failure is its own: it is classified
 by ``app.errors`` kind in ``workers.subscriber``, the one place that acks, nacks or dead-letters.
+The batch path is ``prepare`` (skip unchanged) -> ``decide_all`` (one agent call per integration,
+a Message Batch where the backend batches) -> ``finish`` (validate, write, record).
 """
 
 from __future__ import annotations
@@ -153,17 +155,6 @@ def finish(runtime: Runtime, prepared: Prepared, plan: WritePlan) -> ItemResult:
         )
     )
     return ItemResult(outcome, writes=writes, changed_writes=changed)
-
-
-def process_item(runtime: Runtime, item: WorkItem, raw: dict[str, object] | None) -> ItemResult:
-    """Handle one work item end to end (the batch path is prepare -> decide_all -> finish)."""
-    prepared = prepare(runtime, item, raw)
-    if prepared is None:
-        return ItemResult("unchanged")
-    (plan,) = decide_all(runtime, [prepared])
-    if isinstance(plan, Exception):
-        raise plan
-    return finish(runtime, prepared, plan)
 
 
 def _execute(

@@ -9,7 +9,6 @@ subscription's dead-letter topic instead of being delivered again.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -95,12 +94,3 @@ class SubmittingQueue(Protocol):
         """Start publishing; the future resolves with the ids once all are durably stored."""
         ...
 
-
-async def publish_many_async(
-    queue: Queue, topic: str, messages: Sequence[tuple[bytes, Mapping[str, str]]]
-) -> list[str]:
-    """Publish from async code: awaits the backend's own future when it offers one, and
-    otherwise runs the blocking publish in a worker thread."""
-    if isinstance(queue, SubmittingQueue):
-        return await asyncio.wrap_future(queue.submit_many(topic, messages))
-    return await asyncio.to_thread(queue.publish_many, topic, messages)
