@@ -20,21 +20,26 @@ Messages = Sequence[tuple[bytes, Mapping[str, str]]]
 class PublishBatcher:
     """Batches publishes to one topic from coroutines on one event loop."""
 
-    def __init__(self, queue: Queue, topic: str, *, max_batch: int = 500) -> None:
+    def __init__(
+        self, queue: Queue, topic: str, *, max_batch: int = 500, max_in_flight: int | None = None
+    ) -> None:
         self._queue = queue
         self._topic = topic
         self._max_batch = max_batch
         self._pending: list[tuple[Messages, asyncio.Future[None]]] = []
-        self._in_flight = False
+        self._in_flight = 0
         # decided once: a runtime-checkable Protocol check is slow on a hot path
         self._submits = isinstance(queue, SubmittingQueue)
+        # A submitting queue group-commits on its own: one call in flight makes the largest
+        # batches. A blocking one (Pub/Sub round trips) gains from overlapping a few calls.
+        self._max_in_flight = max_in_flight or (1 if self._submits else 4)
 
     async def publish(self, messages: Messages) -> None:
         """Return once ``messages`` are durably published; raise what the queue raised."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((messages, future))
-        if not self._in_flight:
-            self._in_flight = True
+        if self._in_flight < self._max_in_flight:
+            self._in_flight += 1
             asyncio.ensure_future(self._drain())
         await future
 
@@ -59,4 +64,4 @@ class PublishBatcher:
                         if not future.done():
                             future.set_result(None)
         finally:
-            self._in_flight = False
+            self._in_flight = 0
