@@ -244,6 +244,35 @@ def compile_plan(
         raise typer.Exit(1)
 
 
+@cli.command(name="dry-run")
+def dry_run_cmd(
+    integration_id: str,
+    patient: Annotated[list[str], typer.Option(help="Patient id (repeat for several).")],
+    out: Annotated[Path, typer.Option(help="Folder for report.md and report.json.")] = Path(
+        "dry-run"
+    ),
+    show_values: Annotated[
+        bool, typer.Option(help="Include field values (PHI) in the report, not just names.")
+    ] = False,
+) -> None:
+    """What the integration would write for these patients; nothing is executed or recorded."""
+    from app.agent.report import build_report, render_markdown
+    from workers.dry_run import dry_run
+
+    runtime = _runtime()
+    try:
+        items = dry_run(runtime, integration_id, patient)
+        integration = runtime.integration(integration_id)
+    finally:
+        runtime.close()
+    report = build_report(items, integration_id=integration_id,
+                          visible_fields=integration.agent.visible_fields, show_values=show_values)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    typer.echo(f"{len(items)} patients: {out / 'report.md'} and {out / 'report.json'}")
+
+
 hooks = typer.Typer(help="Healthie webhooks: status, sync, test, rotate.", no_args_is_help=True)
 cli.add_typer(hooks, name="webhooks")
 _URL = typer.Option(..., "--url", help="The engine's public base URL (https://...).")
