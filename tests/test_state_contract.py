@@ -602,3 +602,20 @@ def test_firestore_datetimes_are_utc_and_runs_sort_by_instant(firestore_pair):
     assert store.get_watermark("clinic-a", "sweep").tzinfo is UTC
     store.put_patient(patient(updated_at=late.started_at))
     assert store.get_patient("clinic-a", "1001").updated_at.tzinfo is UTC
+
+
+def test_run_counts_add_up_from_several_writers(open_store):
+    from app.models import Cadence, Counts, RunRecord
+
+    first, second = open_store(), open_store()
+    run = RunRecord(run_id="r1", integration_id="clinic-a", cadence=Cadence.DAILY,
+                    started_at=datetime(2026, 11, 1, tzinfo=UTC), patients=3)
+    first.save_run(run)
+    first.add_run_counts("clinic-a", "r1", Counts(processed=2, writes=5))
+    second.add_run_counts("clinic-a", "r1", Counts(processed=1, skipped_unchanged=1))
+    second.add_run_counts("clinic-a", "missing-run", Counts(processed=1))  # a no-op
+    (stored,) = first.list_runs("clinic-a")
+    assert (stored.counts.processed, stored.counts.writes, stored.counts.skipped_unchanged) == (
+        3, 5, 1)
+    assert stored.patients == 3
+    assert [r.run_id for r in first.list_runs("clinic-a")] == ["r1"]

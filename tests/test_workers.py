@@ -148,3 +148,12 @@ def test_invalid_plan_dead_letters_and_writes_nothing(runtime, fake):
     assert runtime.connectors("demo-clinic")["warehouse"].rows == {}
     (dead,) = runtime.queue.pull(WORK_DLQ_SUBSCRIPTION)
     assert dead.attributes["error_kind"] == "plan_invalid"
+
+
+def test_run_record_collects_the_workers_counts(runtime, fake):
+    runtime.queue.publish_many(DIRTY_TOPIC, [mark(SubjectKind.PATIENT, p) for p in "123"])
+    flush(runtime, Cadence.DAILY)
+    drain(runtime)
+    (run,) = runtime.state.list_runs("demo-clinic")
+    assert run.status == "finished"
+    assert (run.counts.dirty_patients, run.counts.processed, run.counts.writes) == (3, 3, 3)

@@ -102,6 +102,8 @@ def flush(
             run.patients = _publish_pending(runtime, integration_id, flush_id, chunk_size)
             _renew(runtime, lease, flush_id)
             run.counts.dirty_patients = run.patients
+            run.status = "finished"  # the flush's part; workers add their counts as they go
+            run.finished_at = datetime.now(UTC)
             result.work_items += run.patients
             if run.patients or run.marks_drained:
                 runtime.state.save_run(run)

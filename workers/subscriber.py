@@ -63,9 +63,35 @@ def _dead_letter(
     runtime.queue.publish(WORK_DLQ_TOPIC, data if data is not None else message.data, attributes)
 
 
+class Tally:
+    """Counts of one batch, in total and per run (the run of each item's flush)."""
+
+    def __init__(self) -> None:
+        self.total = Counts()
+        self.per_run: dict[tuple[str, str], Counts] = {}
+
+    def add(self, item: WorkItem | None, **deltas: int) -> None:
+        """Count outcomes, for the batch and for the item's run."""
+        delta = Counts(**deltas)
+        self.total = self.total.add(delta)
+        if item is not None:
+            key = (item.integration_id, f"{item.flush_id}-{item.integration_id}")
+            self.per_run[key] = self.per_run.get(key, Counts()).add(delta)
+
+
 def process_batch(runtime: Runtime, messages: list[Message]) -> Counts:
-    """Process one pulled batch; every message is acked, nacked or dead-lettered."""
-    counts = Counts()
+    """Process one pulled batch; every message is acked, nacked or dead-lettered. Each run's
+    record gets its items' counts added (workers in many processes report into one run)."""
+    tally = Tally()
+    try:
+        _process_batch(runtime, messages, tally)
+    finally:
+        for (integration_id, run_id), counts in tally.per_run.items():
+            runtime.state.add_run_counts(integration_id, run_id, counts)
+    return tally.total
+
+
+def _process_batch(runtime: Runtime, messages: list[Message], counts: Tally) -> None:
     queue = runtime.queue
     max_attempts = runtime.settings.work_max_delivery_attempts
     items: list[tuple[Message, WorkItem]] = []
@@ -75,12 +101,12 @@ def process_batch(runtime: Runtime, messages: list[Message]) -> Counts:
         except ValidationError:
             _dead_letter(runtime, message, "invalid_message", "work item does not decode")
             queue.ack(WORK_SUBSCRIPTION, [message.ack_id])
-            counts.dead_lettered += 1
+            counts.add(None, dead_lettered=1)
     if not items:
-        return counts
+        return
     items, leases = _lease_patients(runtime, items)
     try:
-        return _process_leased(runtime, items, counts, max_attempts)
+        _process_leased(runtime, items, counts, max_attempts)
     finally:
         for name, owner in leases:
             runtime.state.release_lease(name, owner)
@@ -116,12 +142,12 @@ def _lease_patients(
 def _process_leased(
     runtime: Runtime,
     items: list[tuple[Message, WorkItem]],
-    counts: Counts,
+    counts: Tally,
     max_attempts: int,
-) -> Counts:
+) -> None:
     queue = runtime.queue
     if not items:
-        return counts
+        return
     try:
         entries = fetch_entries(runtime, [item for _, item in items])
     except HealthieSyncError as exc:
@@ -129,7 +155,7 @@ def _process_leased(
             _settle(runtime, message, item, exc, counts, max_attempts)
         if isinstance(exc, ConfigurationError):
             raise WorkerStopped(str(exc)) from exc
-        return counts
+        return
     stop: ConfigurationError | None = None
 
     def failed(message: Message, item: WorkItem, exc: Exception) -> None:
@@ -148,7 +174,7 @@ def _process_leased(
             continue
         if prepared is None:
             queue.ack(WORK_SUBSCRIPTION, [message.ack_id])
-            counts.skipped_unchanged += 1
+            counts.add(item, skipped_unchanged=1)
         else:
             waiting.append((message, prepared))
     try:
@@ -165,11 +191,9 @@ def _process_leased(
             failed(message, prepared.item, exc)
             continue
         queue.ack(WORK_SUBSCRIPTION, [message.ack_id])
-        counts.processed += 1
-        counts.writes += result.writes
+        counts.add(prepared.item, processed=1, writes=result.writes)
     if stop is not None:
         raise WorkerStopped(str(stop)) from stop
-    return counts
 
 
 def _settle(
@@ -177,7 +201,7 @@ def _settle(
     message: Message,
     item: WorkItem,
     exc: Exception,
-    counts: Counts,
+    counts: Tally,
     max_attempts: int,
 ) -> None:
     queue = runtime.queue
@@ -209,7 +233,7 @@ def _settle(
     ):
         _dead_letter(runtime, message, kind, reason, dead_data)
         queue.ack(WORK_SUBSCRIPTION, [message.ack_id])
-        counts.dead_lettered += 1
+        counts.add(item, dead_lettered=1)
         log.error("work item dead-lettered (integration=%s patient=%s kind=%s)",
                   item.integration_id, item.patient_id, kind)
         return

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from app.models import RunRecord, WritePlan
+from app.models import Counts, RunRecord, WritePlan
 
 
 class PatientState(BaseModel):
@@ -65,6 +65,11 @@ class StateStore(Protocol):
 
     def list_runs(self, integration_id: str | None = None, limit: int = 20) -> list[RunRecord]:
         """Most recent runs first."""
+        ...
+
+    def add_run_counts(self, integration_id: str, run_id: str, counts: Counts) -> None:
+        """Add ``counts`` to the run's totals atomically (workers of many processes report into
+        one run); nothing happens when the run does not exist."""
         ...
 
     def get_watermark(self, integration_id: str, name: str) -> datetime | None:

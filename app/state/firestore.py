@@ -108,7 +108,7 @@ from app.errors import (
     RateLimited,
     UpstreamUnavailable,
 )
-from app.models import RunRecord, WritePlan
+from app.models import Counts, RunRecord, WritePlan
 from app.state.base import AuditRecord, PatientState, PendingPatient
 
 #: Firestore's maximum document size, in its own accounting.
@@ -205,6 +205,23 @@ class FirestoreStateStore:
         doc["started_at"] = _to_firestore(run.started_at)
         doc["finished_at"] = _to_firestore(run.finished_at) if run.finished_at else None
         self._set(self._doc(run.integration_id, self._runs, run.run_id), doc, "save run")
+
+    def add_run_counts(self, integration_id: str, run_id: str, counts: Counts) -> None:
+        """Server-side increments of the run's ``counts`` map (atomic across writers)."""
+        deltas = {
+            f"counts.{name}": firestore.Increment(value)
+            for name, value in counts.model_dump().items()
+            if value
+        }
+        if not deltas:
+            return
+        ref = self._doc(integration_id, self._runs, run_id)
+        try:
+            ref.update(deltas, retry=self._retry, timeout=self._timeout)
+        except gexc.NotFound:
+            return  # no such run (e.g. a replayed item whose run was pruned)
+        except (gexc.GoogleAPIError, auth_exc.GoogleAuthError) as exc:
+            raise convert_error(exc, "add run counts") from exc
 
     def list_runs(self, integration_id: str | None = None, limit: int = 20) -> list[RunRecord]:
         """Most recent first (by ``started_at``); all integrations when ``integration_id`` is

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from app.models import RunRecord
+from app.models import Counts, RunRecord
 from app.state.base import AuditRecord, PatientState, PendingPatient
 
 
@@ -93,6 +93,26 @@ class SqliteStateStore:
         with self._lock:
             rows = self._db.execute(query, (*params, limit)).fetchall()
         return [RunRecord.model_validate_json(r[0]) for r in rows]
+
+    def add_run_counts(self, integration_id: str, run_id: str, counts: Counts) -> None:
+        """Read-modify-write in one immediate transaction (atomic across processes)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT body FROM runs WHERE run_id=? AND integration_id=?",
+                    (run_id, integration_id),
+                ).fetchone()
+                if row is not None:
+                    run = RunRecord.model_validate_json(row[0])
+                    run.counts = run.counts.add(counts)
+                    self._db.execute(
+                        "UPDATE runs SET body=? WHERE run_id=?", (run.model_dump_json(), run_id)
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def get_watermark(self, integration_id: str, name: str) -> datetime | None:
         """The stored mark, or None."""
