@@ -4,7 +4,15 @@ queue, state and target, each dirty patient is written exactly once (one row, up
 patient id) and none is left unprocessed.
 
 A kill is simulated by raising a BaseException the engine never catches (as a dying process
-would not ack, nack or record anything); the restart builds a new runtime on the same files.
+would not ack, nack or record anything); the restart builds a new runtime on the same queue
+and state once the dead process's leases have expired. Every test runs on both backends
+(``tests.backends``): SQLite queue and state, and Pub/Sub + Firestore on their emulators, where
+the shortest lease is 10 s. The target is a SQLite file (``warehouse.db``) in both cases: it is
+the target, not the backend under test.
+
+Unlike a dying process, the BaseException still runs ``finally`` blocks, so the flush and patient
+leases in the state store are released. A real crash leaves them to expire: patient leases
+with the work lease, the flush lease only after ``workers.flusher.LEASE_TTL_SECONDS``.
 """
 
 from __future__ import annotations
@@ -18,20 +26,18 @@ import pytest
 
 from app.config import TargetConfig, load_integration
 from app.models import Cadence, DirtyMark, SubjectKind
-from app.queue.sqlite import SqliteQueue
-from app.queue.topology import (
-    DIRTY_TOPIC,
-    WORK_SUBSCRIPTION,
-    dirty_subscription,
-    ensure_topology_for,
-)
+from app.queue.topology import DIRTY_TOPIC, WORK_SUBSCRIPTION, dirty_subscription
 from app.runtime import Runtime
 from app.secrets import MemorySecretStore
-from app.settings import Settings
-from app.state.sqlite import SqliteStateStore
+from tests.backends import (  # noqa: F401 - the fixtures
+    Backend,
+    backend_fixture,
+    firestore_emulator,
+    pubsub_emulator,
+)
 from tests.helpers import REPO
 from tests.test_workers import FakeHealthie
-from workers.flusher import flush
+from workers.flusher import FlushResult, flush
 from workers.subscriber import drain
 
 PATIENTS = ["1", "2", "3", "4", "5"]
@@ -41,21 +47,19 @@ class Killed(BaseException):
     """The process died here."""
 
 
-def start(tmp_path, fake) -> Runtime:
-    """A runtime on durable files in ``tmp_path`` (a 'process' of the engine)."""
+def start(tmp_path, fake, backend: Backend) -> Runtime:
+    """A runtime on the backend's durable queue and state (a 'process' of the engine), with
+    the shortest leases the backend honours."""
     integration = load_integration(REPO / "config" / "integrations" / "demo-clinic.toml")
     integration = integration.model_copy(update={
         "healthie": integration.healthie.model_copy(update={"api_url": "http://h.test/graphql"}),
         "targets": [TargetConfig(name="warehouse", connector="sqlite",
                                  options={"path": str(tmp_path / "warehouse.db")})]})
-    settings = Settings(data_dir=tmp_path, work_ack_deadline_seconds=1,
-                        dirty_ack_deadline_seconds=1)
-    queue = SqliteQueue(tmp_path / "queue.db")
-    ensure_topology_for(queue, settings)
+    settings = backend.settings(tmp_path)
     return Runtime(settings=settings, integrations={integration.id: integration},
                    secrets=MemorySecretStore({integration.healthie.api_key_secret: "k",
                                               integration.healthie.webhook_secrets[0]: "s"}),
-                   queue=queue, state=SqliteStateStore(tmp_path / "state.db"),
+                   queue=backend.make_queue(settings), state=backend.make_state(),
                    http_transport=httpx2.MockTransport(fake))
 
 
@@ -74,13 +78,16 @@ def patient_rows(tmp_path) -> list[tuple[str, int]]:
             "SELECT key, COUNT(*) FROM patients GROUP BY key ORDER BY key").fetchall()
 
 
-def restart_and_finish(tmp_path, fake, old: Runtime) -> Runtime:
+def restart_and_finish(tmp_path, fake, backend: Backend, old: Runtime, killed_at: float
+                       ) -> tuple[Runtime, FlushResult]:
+    """Close the dead process's runtime, wait until its leases (taken before ``killed_at``)
+    have expired, then flush and drain on a new runtime over the same queue and state."""
     old.close()
-    time.sleep(1.2)  # leases of the dead process expire
-    runtime = start(tmp_path, fake)
-    flush(runtime, Cadence.DAILY)
+    backend.wait_out_leases(killed_at)
+    runtime = start(tmp_path, fake, backend)
+    flushed = flush(runtime, Cadence.DAILY)
     drain(runtime)
-    return runtime
+    return runtime, flushed
 
 
 @pytest.fixture
@@ -98,8 +105,8 @@ def assert_written_exactly_once(tmp_path, runtime: Runtime) -> None:
     assert runtime.queue.pull(dirty_subscription(Cadence.DAILY)) == []
 
 
-def test_worker_killed_between_agent_and_write(tmp_path, fake, monkeypatch):
-    runtime = start(tmp_path, fake)
+def test_worker_killed_between_agent_and_write(tmp_path, fake, backend, monkeypatch):
+    runtime = start(tmp_path, fake, backend)
     mark_all(runtime)
     flush(runtime, Cadence.DAILY)
     warehouse = runtime.connectors("demo-clinic")["warehouse"]
@@ -113,15 +120,16 @@ def test_worker_killed_between_agent_and_write(tmp_path, fake, monkeypatch):
     monkeypatch.setattr(warehouse, "execute", die_on_third)
     with pytest.raises(Killed):
         drain(runtime)
+    killed_at = time.monotonic()
     assert ("3", 1) not in patient_rows(tmp_path)
     monkeypatch.undo()
-    runtime = restart_and_finish(tmp_path, fake, runtime)
+    runtime, _ = restart_and_finish(tmp_path, fake, backend, runtime, killed_at)
     assert_written_exactly_once(tmp_path, runtime)
     runtime.close()
 
 
-def test_worker_killed_between_write_and_ack(tmp_path, fake, monkeypatch):
-    runtime = start(tmp_path, fake)
+def test_worker_killed_between_write_and_ack(tmp_path, fake, backend, monkeypatch):
+    runtime = start(tmp_path, fake, backend)
     mark_all(runtime)
     flush(runtime, Cadence.DAILY)
     original_ack = runtime.queue.ack
@@ -134,15 +142,19 @@ def test_worker_killed_between_write_and_ack(tmp_path, fake, monkeypatch):
     monkeypatch.setattr(runtime.queue, "ack", die_on_work_ack)
     with pytest.raises(Killed):
         drain(runtime)
-    assert patient_rows(tmp_path)[0] == ("1", 1)  # written, never acknowledged
+    killed_at = time.monotonic()
+    # One patient written, never acknowledged (which one depends on the queue's delivery order).
+    (written,) = patient_rows(tmp_path)
+    assert written[0] in PATIENTS
+    assert written[1] == 1
     monkeypatch.undo()
-    runtime = restart_and_finish(tmp_path, fake, runtime)
+    runtime, _ = restart_and_finish(tmp_path, fake, backend, runtime, killed_at)
     assert_written_exactly_once(tmp_path, runtime)
     runtime.close()
 
 
-def test_flusher_killed_between_publish_and_ack(tmp_path, fake, monkeypatch):
-    runtime = start(tmp_path, fake)
+def test_flusher_killed_between_publish_and_ack(tmp_path, fake, backend, monkeypatch):
+    runtime = start(tmp_path, fake, backend)
     mark_all(runtime)
     original_ack = runtime.queue.ack
 
@@ -154,17 +166,19 @@ def test_flusher_killed_between_publish_and_ack(tmp_path, fake, monkeypatch):
     monkeypatch.setattr(runtime.queue, "ack", die_on_dirty_ack)
     with pytest.raises(Killed):
         flush(runtime, Cadence.DAILY)
+    killed_at = time.monotonic()
     monkeypatch.undo()
-    # The work items were published before the kill; the marks come back too. Both are
-    # processed after the restart and the duplicates are recognized as unchanged.
-    runtime = restart_and_finish(tmp_path, fake, runtime)
+    # The marks were staged before the kill but never acknowledged: they come back after
+    # the lease, are staged again (merged with what was staged) and published once each.
+    runtime, flushed = restart_and_finish(tmp_path, fake, backend, runtime, killed_at)
+    assert (flushed.marks, flushed.work_items) == (len(PATIENTS), len(PATIENTS))
     assert_written_exactly_once(tmp_path, runtime)
     runtime.close()
 
 
-def test_flusher_killed_while_publishing_work_loses_no_mark(tmp_path, fake, monkeypatch):
+def test_flusher_killed_while_publishing_work_loses_no_mark(tmp_path, fake, backend, monkeypatch):
     """Would fail if the flusher acknowledged marks before their work was published."""
-    runtime = start(tmp_path, fake)
+    runtime = start(tmp_path, fake, backend)
     mark_all(runtime)
 
     def die(topic, messages):
@@ -173,7 +187,10 @@ def test_flusher_killed_while_publishing_work_loses_no_mark(tmp_path, fake, monk
     monkeypatch.setattr(runtime.queue, "publish_many", die)
     with pytest.raises(Killed):
         flush(runtime, Cadence.DAILY)
+    killed_at = time.monotonic()
     monkeypatch.undo()
-    runtime = restart_and_finish(tmp_path, fake, runtime)
+    # The marks were acknowledged once staged; the staged patients are what survives.
+    runtime, flushed = restart_and_finish(tmp_path, fake, backend, runtime, killed_at)
+    assert (flushed.marks, flushed.work_items) == (0, len(PATIENTS))
     assert_written_exactly_once(tmp_path, runtime)
     runtime.close()

@@ -1,4 +1,9 @@
-"""Dead-letter listing and replay: filters, preview, provenance, stored-plan re-execution."""
+"""Dead-letter listing and replay: filters, preview, provenance, stored-plan re-execution.
+
+Listing and replay run on both backends (``tests.backends``): SQLite queue and state, and
+Pub/Sub + Firestore on their emulators. The ``/ops`` endpoints are a thin layer over the same
+functions and stay on the default in-memory SQLite runtime.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,11 @@ import httpx2
 import pytest
 
 from app.queue.topology import WORK_DLQ_SUBSCRIPTION, WORK_SUBSCRIPTION
+from tests.backends import (  # noqa: F401 - the fixtures
+    backend_fixture,
+    firestore_emulator,
+    pubsub_emulator,
+)
 from tests.helpers import demo_runtime
 from tests.test_workers import FakeHealthie, work
 from workers.replay import ReplayFilter, list_dead_letters, replay
@@ -20,8 +30,9 @@ def fake():
 
 
 @pytest.fixture
-def runtime(tmp_path, fake):
-    rt = demo_runtime(tmp_path, http_transport=httpx2.MockTransport(fake))
+def runtime(tmp_path, fake, backend):
+    rt = demo_runtime(tmp_path, http_transport=httpx2.MockTransport(fake),
+                      queue=backend.make_queue(), state=backend.make_state())
     yield rt
     rt.close()
 
@@ -61,6 +72,8 @@ def test_failed_write_dead_letters_with_its_plan_and_replays_without_the_agent(
                     rate_per_second=0)
     assert report.replayed == 2
     assert runtime.queue.pull(WORK_DLQ_SUBSCRIPTION) == []
+    if hasattr(runtime.queue, "depth"):  # SQLite can say what is held, leased or not
+        assert runtime.queue.depth(WORK_DLQ_SUBSCRIPTION) == 0  # replayed ones were acked
 
     counts = drain(runtime)
     assert (counts.processed, counts.dead_lettered) == (2, 0)
@@ -117,3 +130,21 @@ def test_ops_endpoints_need_auth_and_replay(tmp_path, fake, monkeypatch):
     assert done["replayed"] == 1
     assert client.get("/ops/runs", headers=auth).status_code == 200
     rt.close()
+
+
+def test_queue_forwarded_dead_letters_show_attempts_and_time():
+    """Dead letters the queue forwarded itself (no worker stamp) still list usefully."""
+    from app.models import WorkItem
+    from app.queue.base import Message
+    from workers.replay import _describe
+
+    item = WorkItem(integration_id="demo-clinic", patient_id="7", flush_id="f",
+                    dirty_since=datetime.now(UTC))
+    published = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    for attrs in ({"dead_letter_delivery_attempts": "5"},
+                  {"CloudPubSubDeadLetterSourceDeliveryCount": "5"}):
+        dead, _ = _describe(Message(message_id="m", data=item.model_dump_json().encode(),
+                                    attributes=attrs, ack_id="a", delivery_attempt=1,
+                                    publish_time=published))
+        assert (dead.delivery_attempt, dead.dead_lettered_at) == (5, published)
+        assert ReplayFilter(since=published - timedelta(minutes=1)).matches(dead)

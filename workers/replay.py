@@ -76,10 +76,17 @@ def _describe(message: Message) -> tuple[DeadLetter, WorkItem] | None:
     attrs = message.attributes
     raw_at = attrs.get("dead_lettered_at")
     try:
-        at = datetime.fromisoformat(raw_at) if raw_at else None
+        # A dead letter the queue forwarded itself (a worker kept dying) has no stamp of ours;
+        # its publish time on the dead-letter topic is when it was dead-lettered.
+        at = datetime.fromisoformat(raw_at) if raw_at else message.publish_time
     except ValueError:
-        at = None
-    attempts = attrs.get("delivery_attempt") or attrs.get("dead_letter_delivery_attempts") or "0"
+        at = message.publish_time
+    attempts = (
+        attrs.get("delivery_attempt")
+        or attrs.get("dead_letter_delivery_attempts")  # forwarded by the SQLite queue
+        or attrs.get("CloudPubSubDeadLetterSourceDeliveryCount")  # forwarded by Pub/Sub
+        or "0"
+    )
     dead = DeadLetter(
         message_id=message.message_id,
         integration_id=item.integration_id,
