@@ -53,3 +53,25 @@ def test_sweep_can_be_turned_off(sandbox_and_runtime):
     rt.state.set_watermark("demo-clinic", SWEEP_WATERMARK, datetime.now(UTC) - timedelta(hours=1))
     sb.apply_random_changes(3, seed=2)
     assert flush(rt, Cadence.DAILY).swept == 0
+
+
+def test_applied_tag_marks_without_user_id_resolve_to_their_patient(sandbox_and_runtime):
+    from app.models import DirtyMark, SubjectKind
+    from app.queue.topology import DIRTY_TOPIC
+
+    sb, rt = sandbox_and_runtime
+    patient = sorted(sb.org.patient_ids())[5]
+    change = sb.apply_tag(patient, sorted(sb.org.tags)[0])
+    applied_tag_id = next(e.resource_id for e in change.events
+                          if e.event_type == "applied_tag.created")
+    for subject in (str(applied_tag_id), "no-such-applied-tag"):
+        rt.queue.publish(DIRTY_TOPIC, DirtyMark(
+            integration_id="demo-clinic", subject_kind=SubjectKind.APPLIED_TAG,
+            subject_id=subject, reason="applied_tag.created",
+            received_at=datetime.now(UTC)).model_dump_json().encode(),
+            {"integration": "demo-clinic", "cadence": "daily"})
+    result = flush(rt, Cadence.DAILY)
+    assert (result.marks, result.unresolved_marks) == (2, 1)
+    assert result.work_items == 1
+    drain(rt)
+    assert rt.state.get_patient("demo-clinic", patient) is not None

@@ -1,7 +1,7 @@
 """Flush one cadence: stage dirty marks durably, then publish one work item per staged patient.
 
 1. **Stage.** Drain the cadence's dirty marks in chunks, resolve appointment marks to patients
-   (aliased GraphQL batches), and add the patients to each integration's pending set in the
+   (aliased GraphQL batches) and applied-tag marks (one ``appliedTags`` listing), and add the patients to each integration's pending set in the
    state store; only then acknowledge the chunk. Memory stays bounded by the chunk: the pending
    set, not the flusher, de-duplicates (a patient marked 50 times is staged once).
 2. **Sweep.** For every integration now on this cadence, ask Healthie what changed since the
@@ -36,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pydantic import ValidationError
 
 from app.errors import HealthieSyncError, InvalidResponse, RetriableError
-from app.healthie.sweep import sweep_changes
+from app.healthie.sweep import resolve_applied_tags, sweep_changes
 from app.models import Cadence, DirtyMark, RunRecord, SubjectKind, WorkItem
 from app.queue.topology import WORK_TOPIC, dirty_subscription
 from app.runtime import Runtime
@@ -182,14 +182,25 @@ def _resolve(
                     result.unresolved_marks += 1
                 for patient_id in people:
                     add(patient_id, mark)
+        tag_marks = [m for m in group if m.subject_kind is SubjectKind.APPLIED_TAG]
+        if tag_marks:
+            # Healthie's events normally carry user_id (then the mark names the patient); these
+            # did not. Resolved in one listing; a deleted applied tag is no longer listed.
+            owners = resolve_applied_tags(
+                runtime.healthie(integration_id),
+                [m.subject_id for m in tag_marks],
+                min(m.received_at for m in tag_marks),
+            )
+            for mark in tag_marks:
+                if mark.subject_id in owners:
+                    add(owners[mark.subject_id], mark)
+                else:
+                    result.unresolved_marks += 1
+                    log.warning("applied tag %s not found (integration=%s)",
+                                mark.subject_id, integration_id)
         for mark in group:
             if mark.subject_kind is SubjectKind.PATIENT:
                 add(mark.subject_id, mark)
-            elif mark.subject_kind is SubjectKind.APPLIED_TAG:
-                # Healthie includes user_id on applied-tag events; a mark without one is caught
-                # by the missed-change sweep's applied-tag query instead. Counted, never silent.
-                result.unresolved_marks += 1
-                log.warning("applied-tag mark without user_id (integration=%s)", integration_id)
         staged[integration_id] = list(patients.values())
     return staged
 

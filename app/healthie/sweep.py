@@ -251,3 +251,36 @@ def _count_failure(statuses: dict[str, WebhookStatus], node: dict[str, Any]) -> 
     if at is not None and (status.last_failure_at is None or at > status.last_failure_at):
         status.last_failure_at = at
         status.last_failure_status = node.get("http_response_status")
+
+
+#: Healthie retries a webhook for up to three days, so an applied tag may be that much older
+#: than the mark its (late) webhook produced.
+APPLIED_TAG_LOOKBACK = timedelta(days=3)
+
+
+def resolve_applied_tags(
+    client: HealthieClient,
+    applied_tag_ids: Iterable[str],
+    earliest_mark: datetime,
+    *,
+    page_size: int = 100,
+    max_pages: int = 200,
+) -> dict[str, str]:
+    """Patient id of each applied tag still listed by Healthie (``appliedTag`` takes no id, so
+    this pages ``appliedTags`` updated since ``earliest_mark - APPLIED_TAG_LOOKBACK`` and
+    matches ids, stopping once all are found). Deleted applied tags are no longer listed and
+    are absent from the result."""
+    wanted = {str(i) for i in applied_tag_ids}
+    found: dict[str, str] = {}
+    if not wanted:
+        return found
+    since = earliest_mark - APPLIED_TAG_LOOKBACK
+    for nodes in Pages(client, _request("sweep_applied_tags"), "appliedTags",
+                       {"since": _iso(since)}, page_size=page_size, max_pages=max_pages):
+        for node in nodes:
+            ident = str(node.get("id"))
+            if ident in wanted and node.get("user_id"):
+                found[ident] = str(node["user_id"])
+        if len(found) == len(wanted):
+            break
+    return found
