@@ -1,8 +1,9 @@
 """Flush one cadence: stage dirty marks durably, then publish one work item per staged patient.
 
 1. **Stage.** Drain the cadence's dirty marks in chunks, resolve appointment marks to patients
-   (aliased GraphQL batches) and applied-tag marks (one ``appliedTags`` listing), and add the patients to each integration's pending set in the
-   state store; only then acknowledge the chunk. Memory stays bounded by the chunk: the pending
+   (aliased GraphQL batches) and applied-tag marks (one ``appliedTags`` listing), add the
+   patients to each integration's pending set in the state store, and only then acknowledge
+   the chunk. Memory stays bounded by the chunk: the pending
    set, not the flusher, de-duplicates (a patient marked 50 times is staged once).
 2. **Sweep.** For every integration now on this cadence, ask Healthie what changed since the
    last sweep's watermark (patients, appointments, applied tags; ``app.healthie.sweep``) and
