@@ -40,7 +40,7 @@ def create_app(runtime: Runtime, *, oidc_verifier: Verifier | None = None) -> Fa
     """
     app = FastAPI(title="healthie-sync", docs_url=None, redoc_url=None, openapi_url=None)
     authorizer = FlushAuthorizer(runtime.settings, oidc_verifier)
-    app.include_router(build_router(runtime))
+    app.router.routes.extend(build_router(runtime).routes)
 
     @app.get("/healthz")
     def healthz() -> Health:
