@@ -13,8 +13,8 @@ import logging
 from datetime import UTC, datetime
 
 from fastapi import HTTPException, Request, Response
-from starlette.routing import Route, Router
 from pydantic import BaseModel, ValidationError
+from starlette.routing import Route, Router
 
 from app.errors import ConfigurationError, QueueUnavailable
 from app.events import WebhookPayload, resolve_event
