@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     # Path Healthie called, when a proxy rewrites it before it reaches us ("{integration_id}").
     public_webhook_path: str | None = None
     max_webhook_body_bytes: int = Field(default=1_048_576, gt=0)
+    # Drop identical deliveries (same body and signature) seen within this many seconds; 0 = off.
+    # Off by default: duplicates are harmless (marks are idempotent) and the check costs a
+    # state-store write per webhook. The key expires, so Healthie's later retries still count.
+    webhook_dedupe_seconds: int = Field(default=0, ge=0, le=86_400)
     # The Claude backend's API key, as a secret reference (never the key itself).
     anthropic_api_key_secret: str | None = None
     anthropic_base_url: str | None = None  # proxies and the tests' local fake

@@ -9,11 +9,14 @@ integration (no hint about others), 400 malformed body, 503 publish failed (Heal
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import uuid
 from datetime import UTC, datetime
 
 from fastapi import HTTPException, Request, Response
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route, Router
 
 from app.errors import ConfigurationError, QueueUnavailable
@@ -46,6 +49,17 @@ async def _read_limited(request: Request, limit: int) -> bytes:
             raise HTTPException(413, "body too large")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _seen_before(runtime: Runtime, integration_id: str, body: bytes, signature: str) -> bool:
+    """True when an identical delivery took the same key within the window (an expiring
+    key in the state store, so every instance of the service sees it)."""
+    digest = hashlib.sha256(body + b"\n" + signature.encode()).hexdigest()
+    return not runtime.state.try_lease(
+        f"webhook:{integration_id}:{digest}",
+        uuid.uuid4().hex,  # a fresh owner: only an unexpired earlier key can refuse it
+        float(runtime.settings.webhook_dedupe_seconds),
+    )
 
 
 def _answer(status: str, marks: int) -> Response:
@@ -103,6 +117,11 @@ def build_router(runtime: Runtime) -> Router:
         except (ValueError, ValidationError):
             stats.count("rejected_malformed")
             raise HTTPException(400, "malformed webhook body") from None
+        if runtime.settings.webhook_dedupe_seconds and await run_in_threadpool(
+            _seen_before, runtime, integration_id, body, request.headers.get("signature", "")
+        ):
+            stats.count("duplicate", payload.event_type)
+            return _answer("duplicate", 0)
         marks = resolve_event(
             integration_id,
             payload,

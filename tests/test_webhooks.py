@@ -135,3 +135,25 @@ def test_missing_signing_secret_is_503_not_500(tmp_path):
     assert response.status_code == 503
     assert rt.check_secrets()  # names what is missing
     rt.close()
+
+
+def test_identical_deliveries_within_the_window_are_dropped_when_enabled(tmp_path):
+    import time
+
+    rt = demo_runtime(tmp_path, webhook_dedupe_seconds=1)
+    c = TestClient(create_app(rt))
+    b, other = body(), body(resource_id="43")
+    answers = [c.post(PATH, content=x, headers=signed(x)).json()["status"]
+               for x in (b, b, other)]
+    assert answers == ["accepted", "duplicate", "accepted"]
+    time.sleep(1.1)  # the key expired: a later retry counts again
+    assert c.post(PATH, content=b, headers=signed(b)).json()["status"] == "accepted"
+    assert len(rt.queue.pull(dirty_subscription(Cadence.DAILY))) == 3
+    rt.close()
+
+
+def test_duplicates_are_kept_when_dedupe_is_off(client, runtime):
+    b = body()
+    for _ in range(2):
+        assert client.post(PATH, content=b, headers=signed(b)).json()["status"] == "accepted"
+    assert len(runtime.queue.pull(dirty_subscription(Cadence.DAILY))) == 2
