@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx2
 from rich.console import Console
@@ -35,6 +36,9 @@ from app.settings import Settings
 from app.state.sqlite import SqliteStateStore
 from workers.flusher import flush
 from workers.subscriber import drain
+
+if TYPE_CHECKING:
+    from sandbox.core import Sandbox
 
 REPO = Path(app.__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "config" / "integrations" / "demo-clinic.toml"
@@ -95,14 +99,14 @@ def _runtime(data: Path, sandbox_url: str, api_key: str, webhook_secret: str) ->
     )
 
 
-def _run(runtime: Runtime, sandbox: object, changes: int, seed: int, http: httpx2.Client,
+def _run(runtime: Runtime, sandbox: Sandbox, changes: int, seed: int, http: httpx2.Client,
          console: Console) -> Counts:
     integration = next(iter(runtime.integrations.values()))
     with serve_in_thread(create_app(runtime)) as engine_url:
         hook_url = f"{engine_url}/webhooks/healthie/{integration.id}"
-        sandbox.register_webhook(hook_url)  # type: ignore[attr-defined]
+        sandbox.register_webhook(hook_url)
         console.print(f"  engine webhook receiver at {hook_url}", soft_wrap=True)
-        made = sandbox.apply_random_changes(changes, seed=seed)  # type: ignore[attr-defined]
+        made = sandbox.apply_random_changes(changes, seed=seed)
         console.print(f"  changed {len(made)} records in the sandbox; webhooks sent")
         forged = http.post(
             hook_url,

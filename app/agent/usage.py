@@ -42,10 +42,6 @@ class TokenUsage:
         """Every input token, cached or not."""
         return self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
 
-    def as_dict(self) -> dict[str, int]:
-        """Plain counts, for logs, run records and benchmarks."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
 
 @dataclass(frozen=True)
 class UsageTotals:

@@ -24,16 +24,9 @@ _TIMESTAMP = re.compile(
 
 
 def _normalize_timestamp(value: str) -> str:
-    match = _TIMESTAMP.match(value)
-    if not match:
-        return value
-    day, clock, offset = match.groups()
-    try:
-        parsed = datetime.fromisoformat(f"{day}T{clock}{(offset or '').replace('Z', '+00:00')}")
-    except ValueError:
-        return value
-    if parsed.tzinfo is None:
-        return value  # a naive local time has no single UTC instant; keep it as Healthie said
+    parsed = parse_timestamp(value) if value == value.strip() else None
+    if parsed is None:
+        return value  # not a timestamp, or a naive one (no single UTC instant): keep as is
     return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
