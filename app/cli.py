@@ -41,14 +41,22 @@ def serve(
     fire flushes on schedule when HEALTHIE_SYNC_SCHEDULER=embedded (the local default)."""
     import uvicorn
 
+    from app.errors import ConfigurationError
     from app.main import create_app
+    from app.preflight import preflight
     from app.scheduler import EmbeddedScheduler
     from workers.flusher import flush as run_flush
     from workers.loop import WorkerLoop
 
     runtime = _runtime()
-    for problem in runtime.check_secrets():
-        typer.echo(f"warning: {problem}", err=True)
+    try:
+        warnings = preflight(runtime, check_schema=runtime.settings.check_schema_at_startup)
+    except ConfigurationError as exc:
+        runtime.close()
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for warning in warnings:
+        typer.echo(f"warning: {warning}", err=True)
     loop = WorkerLoop(runtime, concurrency=runtime.settings.worker_concurrency)
     scheduler = None
     if runtime.settings.scheduler == "embedded":

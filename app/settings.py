@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # "external" leaves it to Cloud Scheduler calling POST /flush/{cadence}.
     scheduler: Literal["embedded", "external"] = "embedded"
     worker_concurrency: int = Field(default=2, ge=0, le=64)
+    # serve: introspect each integration's live schema and refuse to start when an operation
+    # the engine sends no longer validates (one request per integration at start-up).
+    check_schema_at_startup: bool = True
     # A lease that outlives a crashed worker or flusher hands its messages to another.
     work_ack_deadline_seconds: int = Field(default=300, ge=1, le=600)
     dirty_ack_deadline_seconds: int = Field(default=600, ge=1, le=600)
