@@ -1,6 +1,7 @@
 """healthie-sync: the integration engine for the Healthie EHR.
 
-Follow the data: ``app.webhooks`` (verify, resolve, publish) -> ``workers.flusher`` (drain dirty
-marks, publish work) -> ``workers.processor`` (fetch entry, skip unchanged, decide, write) ->
-``connectors``. See docs/architecture.md for the whole picture.
+Follow the data: ``app.intake.receiver`` (verify, resolve, publish) -> ``workers.flusher``
+(stage dirty marks, publish work) -> ``workers.consumer`` (pull, lease, settle) ->
+``workers.pipeline`` (fetch, prepare, decide, write, record) -> ``connectors``.
+See docs/architecture.md for the whole picture.
 """

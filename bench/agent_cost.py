@@ -28,8 +28,8 @@ from typing import Any
 from app.agent.batches import PollPolicy
 from app.agent.claude import ClaudeAgent
 from app.agent.usage import TokenUsage
-from app.config import load_integration
-from app.models import Entry
+from app.core.config import load_integration
+from app.core.models import Entry
 from app.state.base import PatientState
 from connectors.memory import MemoryConnector
 from tests.fake_anthropic import DEMO_CONFIG, FakeAnthropic, demo_entry, plan_model, serve
@@ -57,8 +57,11 @@ class Measured:
 
 def unchanged(previous: PatientState | None, entry: Entry) -> bool:
     """The processor's skip rule: same content hash as the last successful run."""
-    return previous is not None and previous.content_hash == entry.content_hash and (
-        previous.outcome in ("written", "plan_skipped"))
+    return (
+        previous is not None
+        and previous.content_hash == entry.content_hash
+        and (previous.outcome in ("written", "plan_skipped"))
+    )
 
 
 def cost_per_1000(m: Measured) -> dict[str, float]:
@@ -71,13 +74,21 @@ def cost_per_1000(m: Measured) -> dict[str, float]:
         + (n - 1) * m.prefix_tokens * p["cache_read"]
         + n * (m.variable_tokens * p["input"] + out)
     ) / mtok
-    batch = p["batch_discount"] * (
-        m.prefix_tokens * p["cache_write_1h"]
-        + (n - 1) * m.prefix_tokens * p["cache_read"]
-        + n * (m.variable_tokens * p["input"] + out)
-    ) / mtok
-    return {"direct": round(direct, 3), "cached": round(cached, 3),
-            "batch_cached": round(batch, 3), "compiled": 0.0}
+    batch = (
+        p["batch_discount"]
+        * (
+            m.prefix_tokens * p["cache_write_1h"]
+            + (n - 1) * m.prefix_tokens * p["cache_read"]
+            + n * (m.variable_tokens * p["input"] + out)
+        )
+        / mtok
+    )
+    return {
+        "direct": round(direct, 3),
+        "cached": round(cached, 3),
+        "batch_cached": round(batch, 3),
+        "compiled": 0.0,
+    }
 
 
 def run(entries: int) -> dict[str, Any]:
@@ -86,15 +97,24 @@ def run(entries: int) -> dict[str, Any]:
     fake = FakeAnthropic(plan_model(), batch_polls=3)
     started = time.monotonic()
     with serve(fake) as client:
-        agent = ClaudeAgent(client, integration, targets, sleep=lambda s: None,
-                            poll=PollPolicy(initial=0.01, factor=2, maximum=0.05))
+        agent = ClaudeAgent(
+            client,
+            integration,
+            targets,
+            sleep=lambda s: None,
+            poll=PollPolicy(initial=0.01, factor=2, maximum=0.05),
+        )
         # 1. calls per changed / unchanged entry, with the engine's skip rule in front
         states: dict[str, PatientState] = {}
         rounds = [
             [demo_entry(str(1000 + i)) for i in range(20)],  # 20 new patients
             [demo_entry(str(1000 + i)) for i in range(20)],  # the same, unchanged
-            [demo_entry(str(1000 + i), first_name="Changed") if i < 5  # 5 changed
-             else demo_entry(str(1000 + i)) for i in range(20)],
+            [
+                demo_entry(str(1000 + i), first_name="Changed")
+                if i < 5  # 5 changed
+                else demo_entry(str(1000 + i))
+                for i in range(20)
+            ],
         ]
         changed = unchanged_count = 0
         calls = {"changed": 0, "unchanged": 0}
@@ -112,9 +132,14 @@ def run(entries: int) -> dict[str, Any]:
                 calls["changed"] += fake.counts["messages"] - before_call
                 usages.append(decision.usage)
                 states[entry.patient_id] = PatientState(
-                    integration_id=integration.id, patient_id=entry.patient_id,
-                    content_hash=entry.content_hash, entry=entry.data, plan=decision.plan,
-                    outcome="written", updated_at=entry.fetched_at)
+                    integration_id=integration.id,
+                    patient_id=entry.patient_id,
+                    content_hash=entry.content_hash,
+                    entry=entry.data,
+                    plan=decision.plan,
+                    outcome="written",
+                    updated_at=entry.fetched_at,
+                )
         calls["unchanged"] = fake.counts["messages"] - calls["changed"]
         warm = usages[-1]
 
@@ -128,8 +153,9 @@ def run(entries: int) -> dict[str, Any]:
     elapsed = time.monotonic() - started
 
     share_warm = warm.cache_read_input_tokens / warm.prompt_tokens
-    share_batch = (batch_usage.cache_read_input_tokens
-                   + batch_usage.cache_creation_input_tokens) / batch_usage.prompt_tokens
+    share_batch = (
+        batch_usage.cache_read_input_tokens + batch_usage.cache_creation_input_tokens
+    ) / batch_usage.prompt_tokens
     measured = Measured(
         prefix_tokens=warm.cache_read_input_tokens,
         variable_tokens=warm.input_tokens,
@@ -143,13 +169,16 @@ def run(entries: int) -> dict[str, Any]:
         "batch_entries": entries,
         "batch_entries_decided": ok,
         "batch_http_requests": batch_requests,
-        "batch_http_requests_by_endpoint": {k: v for k, v in fake.counts.items()
-                                            if k.startswith("batches")},
+        "batch_http_requests_by_endpoint": {
+            k: v for k, v in fake.counts.items() if k.startswith("batches")
+        },
         "cached_prefix_share_warm_call": round(share_warm, 3),
         "cached_prefix_share_batch": round(share_batch, 3),
-        "tokens_per_call_approx": {"prefix": measured.prefix_tokens,
-                                   "entry": measured.variable_tokens,
-                                   "output": round(measured.output_tokens, 1)},
+        "tokens_per_call_approx": {
+            "prefix": measured.prefix_tokens,
+            "entry": measured.variable_tokens,
+            "output": round(measured.output_tokens, 1),
+        },
         "usd_per_1000_changed_entries": cost_per_1000(measured),
         "price_assumption_usd_per_mtok": PRICES,
         "token_counting": "approximate: characters / 4 of the JSON sent (fake API)",
@@ -168,8 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = [
             ("model calls per changed entry", result["model_calls_per_changed_entry"], "= 1"),
             ("model calls per unchanged entry", result["model_calls_per_unchanged_entry"], "= 0"),
-            (f"HTTP requests for {args.entries} entries (batch)",
-             result["batch_http_requests"], "a handful"),
+            (
+                f"HTTP requests for {args.entries} entries (batch)",
+                result["batch_http_requests"],
+                "a handful",
+            ),
             ("cached prefix share, warm call", result["cached_prefix_share_warm_call"], ">= 0.70"),
             ("cached prefix share, whole batch", result["cached_prefix_share_batch"], ">= 0.70"),
             ("USD / 1,000 changed, direct", cost["direct"], "assumed prices"),
@@ -181,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'measure'.ljust(width)}  {'value':>10}  target")
         for name, value, target in rows:
             print(f"{name.ljust(width)}  {value!s:>10}  {target}")
-        print("tokens counted approximately (chars / 4);",
-              f"run took {result['seconds']} s")
+        print("tokens counted approximately (chars / 4);", f"run took {result['seconds']} s")
     json.dump(result, sys.stdout, indent=2)
     print()
     return 0

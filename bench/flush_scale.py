@@ -21,9 +21,9 @@ from pathlib import Path
 
 
 def _runtime(data: Path):  # type: ignore[no-untyped-def]
+    from app.core.settings import Settings
     from app.queue.sqlite import SqliteQueue
     from app.queue.topology import ensure_topology_for
-    from app.settings import Settings
     from app.state.sqlite import SqliteStateStore
     from tests.helpers import demo_runtime
 
@@ -38,7 +38,7 @@ def _runtime(data: Path):  # type: ignore[no-untyped-def]
 
 def fill(data: Path, marks: int) -> None:
     """Publish ``marks`` dirty marks for marks/5 patients, in publish batches of 1000."""
-    from app.models import DirtyMark, SubjectKind
+    from app.core.models import DirtyMark, SubjectKind
     from app.queue.topology import DIRTY_TOPIC
 
     rt = _runtime(data)
@@ -47,8 +47,13 @@ def fill(data: Path, marks: int) -> None:
     attrs = {"integration": "demo-clinic", "cadence": "daily"}
     batch = []
     for i in range(marks):
-        mark = DirtyMark(integration_id="demo-clinic", subject_kind=SubjectKind.PATIENT,
-                         subject_id=str(i % patients), reason="patient.updated", received_at=now)
+        mark = DirtyMark(
+            integration_id="demo-clinic",
+            subject_kind=SubjectKind.PATIENT,
+            subject_id=str(i % patients),
+            reason="patient.updated",
+            received_at=now,
+        )
         batch.append((mark.model_dump_json().encode(), attrs))
         if len(batch) == 1000:
             rt.queue.publish_many(DIRTY_TOPIC, batch)
@@ -60,7 +65,7 @@ def fill(data: Path, marks: int) -> None:
 
 def run_flush(data: Path) -> dict[str, float]:
     """Flush once and report timings and this process's peak RSS."""
-    from app.models import Cadence
+    from app.core.models import Cadence
     from workers.flusher import flush
 
     rt = _runtime(data)
@@ -70,8 +75,13 @@ def run_flush(data: Path) -> dict[str, float]:
     elapsed = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     rt.close()
-    return {"marks": result.marks, "work_items": result.work_items, "seconds": elapsed,
-            "peak_rss_mb": peak / 1024, "rss_before_mb": base_rss / 1024}
+    return {
+        "marks": result.marks,
+        "work_items": result.work_items,
+        "seconds": elapsed,
+        "peak_rss_mb": peak / 1024,
+        "rss_before_mb": base_rss / 1024,
+    }
 
 
 def main() -> None:
@@ -94,18 +104,23 @@ def main() -> None:
             env = {**os.environ, "PYTHONWARNINGS": "ignore"}
             cmd = [sys.executable, "-m", "bench.flush_scale", "--data", tmp]
             subprocess.run([*cmd, "--child", "fill", "--marks", str(size)], check=True, env=env)
-            out = subprocess.run([*cmd, "--child", "flush"], check=True, env=env,
-                                 capture_output=True, text=True).stdout
+            out = subprocess.run(
+                [*cmd, "--child", "flush"], check=True, env=env, capture_output=True, text=True
+            ).stdout
             row = json.loads(out.strip().splitlines()[-1])
             row["us_per_mark"] = row["seconds"] / row["marks"] * 1e6
             rows.append(row)
     print(f"{'marks':>8} {'patients':>9} {'seconds':>8} {'us/mark':>8} {'peak MB':>8}")
     for r in rows:
-        print(f"{r['marks']:>8} {r['work_items']:>9} {r['seconds']:>8.2f} "
-              f"{r['us_per_mark']:>8.1f} {r['peak_rss_mb']:>8.1f}")
+        print(
+            f"{r['marks']:>8} {r['work_items']:>9} {r['seconds']:>8.2f} "
+            f"{r['us_per_mark']:>8.1f} {r['peak_rss_mb']:>8.1f}"
+        )
     if len(rows) >= 2:
-        print(f"per-mark cost ratio {rows[-1]['marks']}/{rows[0]['marks']}: "
-              f"{rows[-1]['us_per_mark'] / rows[0]['us_per_mark']:.2f} (flat ~ 1.0)")
+        print(
+            f"per-mark cost ratio {rows[-1]['marks']}/{rows[0]['marks']}: "
+            f"{rows[-1]['us_per_mark'] / rows[0]['us_per_mark']:.2f} (flat ~ 1.0)"
+        )
     print(json.dumps({"bench": "flush_scale", "rows": rows}))
 
 

@@ -36,8 +36,9 @@ import httpx2
 
 from app.healthie.client import HealthieClient
 from app.healthie.complexity import MAX_COMPLEXITY
-from app.healthie.ratelimit import CircuitBreaker, TokenBucket
-from app.serving import free_port
+from app.resilience.breaker import CircuitBreaker
+from app.resilience.ratelimit import TokenBucket
+from app.service.serving import free_port
 from sandbox.core import Sandbox
 from sandbox.faults import FaultConfig
 from sandbox.server import create_app
@@ -69,8 +70,9 @@ def _serve(patients: int, faults: FaultConfig, port: int) -> None:
 
     sandbox = Sandbox(patients=patients, seed=SEED)
     sandbox.faults.configure(faults)
-    uvicorn.run(create_app(sandbox), host="127.0.0.1", port=port, log_level="warning",
-                access_log=False)
+    uvicorn.run(
+        create_app(sandbox), host="127.0.0.1", port=port, log_level="warning", access_log=False
+    )
 
 
 @contextmanager
@@ -98,7 +100,12 @@ def sandbox_process(patients: int, faults: FaultConfig) -> Iterator[str]:
 
 
 def run(
-    scenario: str, *, patients: int, rate: float, latency: float, concurrency: int,
+    scenario: str,
+    *,
+    patients: int,
+    rate: float,
+    latency: float,
+    concurrency: int,
     batch_size: int,
 ) -> Figures:
     """Fetch every patient of a fresh sandbox once; returns the measured figures."""
@@ -158,21 +165,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rate", type=float, default=250.0, help="Healthie's rate per key")
     parser.add_argument("--low-rate", type=float, default=20.0, help="rate-bound scenario")
-    parser.add_argument("--batch-size", type=int, default=100,
-                        help="upper bound; the complexity cap decides below it")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=100,
+        help="upper bound; the complexity cap decides below it",
+    )
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # the sandbox's version sunset warning is noise
-    common = {"patients": ns.patients, "latency": ns.latency, "concurrency": ns.concurrency,
-              "batch_size": ns.batch_size}
+    common = {
+        "patients": ns.patients,
+        "latency": ns.latency,
+        "concurrency": ns.concurrency,
+        "batch_size": ns.batch_size,
+    }
     results = [
         run("latency-bound", rate=ns.rate, **common),
         run("rate-bound", rate=ns.low_rate, **{**common, "concurrency": ns.concurrency * 2}),
     ]
-    floor = run("sandbox-floor", rate=ns.rate, **{**common, "latency": 0.0,
-                                                     "concurrency": ns.concurrency * 2})
-    columns = ["scenario", "patients", "rate_limit", "concurrency", "entries_per_request",
-               "requests", "requests_per_entry", "seconds", "ideal_seconds", "ratio_to_ideal",
-               "too_many_requests", "missing_entries"]
+    floor = run(
+        "sandbox-floor",
+        rate=ns.rate,
+        **{**common, "latency": 0.0, "concurrency": ns.concurrency * 2},
+    )
+    columns = [
+        "scenario",
+        "patients",
+        "rate_limit",
+        "concurrency",
+        "entries_per_request",
+        "requests",
+        "requests_per_entry",
+        "seconds",
+        "ideal_seconds",
+        "ratio_to_ideal",
+        "too_many_requests",
+        "missing_entries",
+    ]
     rows = [[str(getattr(r, c)) for c in columns] for r in [*results, floor]]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
@@ -184,8 +213,16 @@ def main(argv: list[str] | None = None) -> int:
         "too_many_requests==0": all(r.too_many_requests == 0 for r in results),
         "no_missing_entries": all(r.missing_entries == 0 for r in results),
     }
-    print(json.dumps({"results": [asdict(r) for r in results], "sandbox_floor": asdict(floor),
-                      "targets": targets}, indent=2))
+    print(
+        json.dumps(
+            {
+                "results": [asdict(r) for r in results],
+                "sandbox_floor": asdict(floor),
+                "targets": targets,
+            },
+            indent=2,
+        )
+    )
     return 0 if all(targets.values()) else 1
 
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import httpx2
 
 from app.healthie.client import _entries_document
-from app.serving import serve_in_thread
+from app.service.serving import serve_in_thread
 from sandbox.core import Sandbox
 from sandbox.faults import FaultConfig
 from sandbox.ids import PATIENT_BASE
@@ -127,9 +127,7 @@ def _print(results: list[Result], elapsed: float) -> None:
     print(header)
     print("-" * len(header))
     core = {
-        (r.batch, r.clients): r.entries_per_second
-        for r in results
-        if r.executor == "graphql-core"
+        (r.batch, r.clients): r.entries_per_second for r in results if r.executor == "graphql-core"
     }
     for r in results:
         base = core.get((r.batch, r.clients)) if r.latency_ms == 0 else None

@@ -29,12 +29,12 @@ def bare_app() -> FastAPI:
 
 def full_app() -> FastAPI:
     """The engine's real app for the demo integration with the chosen queue backend."""
-    from app.config import load_integration
-    from app.main import create_app
+    from app.api.app import create_app
+    from app.core.config import load_integration
+    from app.core.settings import Settings
     from app.queue.topology import ensure_topology
-    from app.runtime import Runtime
-    from app.secrets import MemorySecretStore
-    from app.settings import Settings
+    from app.secrets.stores import MemorySecretStore
+    from app.service.runtime import Runtime
     from app.state.sqlite import SqliteStateStore
 
     repo = Path(__file__).resolve().parents[1]
@@ -52,8 +52,12 @@ def full_app() -> FastAPI:
     runtime = Runtime(
         settings=Settings(data_dir=data),
         integrations={integration.id: integration},
-        secrets=MemorySecretStore({integration.healthie.webhook_secrets[0]: SECRET,
-                                   integration.healthie.api_key_secret: "unused"}),
+        secrets=MemorySecretStore(
+            {
+                integration.healthie.webhook_secrets[0]: SECRET,
+                integration.healthie.api_key_secret: "unused",
+            }
+        ),
         queue=queue,
         state=SqliteStateStore(data / "state.db"),
     )

@@ -28,40 +28,67 @@ from pathlib import Path
 
 import httpx2
 
-from app.serving import free_port
+from app.service.serving import free_port
 from bench.webhook_apps import SECRET
 
 PATH = "/webhooks/healthie/demo-clinic"
-BODY = json.dumps({"resource_id": "4242", "resource_id_type": "User",
-                   "event_type": "patient.updated", "changed_fields": ["phone_number"]})
+BODY = json.dumps(
+    {
+        "resource_id": "4242",
+        "resource_id_type": "User",
+        "event_type": "patient.updated",
+        "changed_fields": ["phone_number"],
+    }
+)
 
 
 def _headers(body: bytes) -> dict[str, str]:
     digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
     data = f"post {PATH}  {digest} application/json {len(body)}"
     mac = hmac.new(SECRET.encode(), data.encode(), hashlib.sha256).hexdigest()
-    return {"Content-Type": "application/json", "Content-Digest": f"SHA-256={digest}",
-            "Signature": f"sig1={mac}"}
+    return {
+        "Content-Type": "application/json",
+        "Content-Digest": f"SHA-256={digest}",
+        "Signature": f"sig1={mac}",
+    }
 
 
 def _pin(cpu: int) -> list[str]:
-    return ["taskset", "-c", str(cpu)] if shutil.which("taskset") and os.cpu_count() and \
-        os.cpu_count() >= 2 else []  # type: ignore[operator]
+    return (
+        ["taskset", "-c", str(cpu)]
+        if shutil.which("taskset") and os.cpu_count() and os.cpu_count() >= 2
+        else []
+    )  # type: ignore[operator]
 
 
 def _serve(factory: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(
-        [*_pin(0), sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning", "--no-access-log"],
-        env=env, start_new_session=True,
+        [
+            *_pin(0),
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            factory,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env=env,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            httpx2.post(url + PATH, content=BODY.encode(), headers=_headers(BODY.encode()),
-                        timeout=2)
+            httpx2.post(
+                url + PATH, content=BODY.encode(), headers=_headers(BODY.encode()), timeout=2
+            )
             return proc, url
         except httpx2.TransportError:
             time.sleep(0.1)
@@ -72,7 +99,9 @@ def _serve(factory: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], 
 def _wrk(url: str, seconds: int, script: Path) -> float:
     out = subprocess.run(
         [*_pin(1), "wrk", "-t1", "-c16", f"-d{seconds}s", "-s", str(script), url + PATH],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non2xx:
@@ -115,8 +144,18 @@ def main() -> None:
         rounds = ", ".join(f"{v:.0f}" for v in results[name])
         print(f"{name:<10}{statistics.median(results[name]):>16.0f}  {rounds}")
     print(f"ratio full/bare: {full / bare:.2f} (target >= 0.70), queue={args.queue}")
-    print(json.dumps({"bench": "webhook_throughput", "queue": args.queue, "bare_rps": bare,
-                      "full_rps": full, "ratio": round(full / bare, 3), "rounds": results}))
+    print(
+        json.dumps(
+            {
+                "bench": "webhook_throughput",
+                "queue": args.queue,
+                "bare_rps": bare,
+                "full_rps": full,
+                "ratio": round(full / bare, 3),
+                "rounds": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,3 @@ class MemoryConnector(Connector):
 
     def close(self) -> None:
         """Nothing to release."""
-
-
-def build(name: str, options: dict[str, Any], credentials: dict[str, str]) -> MemoryConnector:
-    """Construct from a target's config (no options)."""
-    return MemoryConnector(name)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from app.errors import ConfigurationError, TargetRejected, UpstreamUnavailable
+from app.core.errors import ConfigurationError, TargetRejected, UpstreamUnavailable
 from connectors.base import Connector, OperationSpec, WriteResult
 
 IDENTIFIER = r"^[a-z][a-z0-9_]{0,62}$"
@@ -106,15 +107,17 @@ class SqliteConnector(Connector):
             cursor = self._db.execute(delete, (args.key, args.patient_id))
         return WriteResult(self.name, "delete_row", args.key, changed=cursor.rowcount > 0)
 
+    @classmethod
+    def from_config(
+        cls, name: str, options: Mapping[str, Any], credentials: Mapping[str, str]
+    ) -> SqliteConnector:
+        """Construct from a target's config (``options.path``)."""
+        path = options.get("path")
+        if not isinstance(path, str) or not path:
+            raise ConfigurationError(f"target {name!r}: sqlite needs options.path")
+        return cls(name, path=path)
+
     def close(self) -> None:
         """Close the database."""
         with self._lock:
             self._db.close()
-
-
-def build(name: str, options: dict[str, Any], credentials: dict[str, str]) -> SqliteConnector:
-    """Construct from a target's config (``options.path``)."""
-    path = options.get("path")
-    if not isinstance(path, str) or not path:
-        raise ConfigurationError(f"target {name!r}: sqlite needs options.path")
-    return SqliteConnector(name, path=path)

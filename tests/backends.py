@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from app.core.settings import Settings
 from app.queue.base import Queue
 from app.queue.topology import ensure_topology, ensure_topology_for
-from app.settings import Settings
 from app.state.base import StateStore
 from tests.firestore_emulator import firestore_emulator  # noqa: F401 - re-exported fixture
 from tests.pubsub_emulator import pubsub_emulator  # noqa: F401 - re-exported fixture

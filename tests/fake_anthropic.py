@@ -41,8 +41,9 @@ ModelFn = Callable[[dict[str, Any]], dict[str, Any]]
 
 def approx_tokens(value: Any) -> int:
     """Tokens as characters / 4 of the compact JSON (an approximation, stated as such)."""
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True,
-                                                           ensure_ascii=False)
+    text = (
+        value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
+    )
     return max(1, len(text) // 4) if text else 0
 
 
@@ -107,8 +108,9 @@ class FakeAnthropic:
 
     # -- scripting ----------------------------------------------------------------------------
 
-    def fail_next(self, status: int, error_type: str, *, retry_after: float | None = None,
-                  times: int = 1) -> None:
+    def fail_next(
+        self, status: int, error_type: str, *, retry_after: float | None = None, times: int = 1
+    ) -> None:
         """The next ``times`` ``/v1/messages`` requests fail with ``status``."""
         for _ in range(times):
             self._errors.append(ScriptedError(status, error_type, retry_after))
@@ -153,8 +155,14 @@ class FakeAnthropic:
             "type": "message",
             "role": "assistant",
             "model": body.get("model", "unknown"),
-            "content": [{"type": "tool_use", "id": f"toolu_fake_{number:06d}",
-                         "name": tool_name, "input": tool_input}],
+            "content": [
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_fake_{number:06d}",
+                    "name": tool_name,
+                    "input": tool_input,
+                }
+            ],
             "stop_reason": "tool_use",
             "stop_sequence": None,
             "usage": usage,
@@ -163,33 +171,47 @@ class FakeAnthropic:
     # -- HTTP ----------------------------------------------------------------------------------
 
     @staticmethod
-    def error(status: int, error_type: str, message: str,
-              retry_after: float | None = None) -> JSONResponse:
+    def error(
+        status: int, error_type: str, message: str, retry_after: float | None = None
+    ) -> JSONResponse:
         headers = {"request-id": "req_fake"}
         if retry_after is not None:
             headers["retry-after"] = str(retry_after)
         return JSONResponse(
-            {"type": "error", "error": {"type": error_type, "message": message},
-             "request_id": "req_fake"},
-            status_code=status, headers=headers,
+            {
+                "type": "error",
+                "error": {"type": error_type, "message": message},
+                "request_id": "req_fake",
+            },
+            status_code=status,
+            headers=headers,
         )
 
     def _batch_json(self, batch: dict[str, Any], base_url: str) -> dict[str, Any]:
         ended = batch["ended"]
         n = len(batch["requests"])
-        counts = {"processing": 0 if ended else n, "succeeded": 0, "errored": 0,
-                  "canceled": 0, "expired": 0}
+        counts = {
+            "processing": 0 if ended else n,
+            "succeeded": 0,
+            "errored": 0,
+            "canceled": 0,
+            "expired": 0,
+        }
         if ended:
             for line in batch["results"]:
                 counts[line["result"]["type"]] += 1
         return {
-            "id": batch["id"], "type": "message_batch",
+            "id": batch["id"],
+            "type": "message_batch",
             "processing_status": "ended" if ended else "in_progress",
             "request_counts": counts,
-            "created_at": batch["created_at"], "expires_at": batch["expires_at"],
+            "created_at": batch["created_at"],
+            "expires_at": batch["expires_at"],
             "ended_at": batch["created_at"] if ended else None,
-            "archived_at": None, "cancel_initiated_at": None,
-            "results_url": f"{base_url}v1/messages/batches/{batch['id']}/results" if ended
+            "archived_at": None,
+            "cancel_initiated_at": None,
+            "results_url": f"{base_url}v1/messages/batches/{batch['id']}/results"
+            if ended
             else None,
         }
 
@@ -198,11 +220,18 @@ class FakeAnthropic:
         for request in batch["requests"]:
             outcome = self.batch_outcome(request["custom_id"])
             if outcome == "succeeded":
-                result: dict[str, Any] = {"type": "succeeded",
-                                          "message": self.message(request["params"])}
+                result: dict[str, Any] = {
+                    "type": "succeeded",
+                    "message": self.message(request["params"]),
+                }
             elif outcome == "errored":
-                result = {"type": "errored", "error": {"type": "error", "error": {
-                    "type": "api_error", "message": "scripted batch item error"}}}
+                result = {
+                    "type": "errored",
+                    "error": {
+                        "type": "error",
+                        "error": {"type": "api_error", "message": "scripted batch item error"},
+                    },
+                }
             else:
                 result = {"type": outcome}
             results.append({"custom_id": request["custom_id"], "result": result})
@@ -221,8 +250,9 @@ class FakeAnthropic:
                 self.requests.append(body)
                 scripted = self._errors.popleft() if self._errors else None
             if scripted is not None:
-                return self.error(scripted.status, scripted.error_type, "scripted failure",
-                                  scripted.retry_after)
+                return self.error(
+                    scripted.status, scripted.error_type, "scripted failure", scripted.retry_after
+                )
             if not body.get("tools") or not body.get("tool_choice"):
                 return self.error(400, "invalid_request_error", "fake expects forced tool use")
             return JSONResponse(self.message(body))
@@ -277,8 +307,11 @@ class FakeAnthropic:
                 self.counts["batches.delete"] += 1
                 batch = self.batches.get(batch_id)
                 if batch is None or not batch["ended"]:
-                    return self.error(400 if batch else 404, "invalid_request_error",
-                                      "only ended batches can be deleted")
+                    return self.error(
+                        400 if batch else 404,
+                        "invalid_request_error",
+                        "only ended batches can be deleted",
+                    )
                 batch["deleted"] = True
             return JSONResponse({"id": batch_id, "type": "message_batch_deleted"})
 
@@ -290,9 +323,10 @@ class FakeAnthropic:
                 if batch is not None and not batch["ended"]:
                     for item in batch["requests"]:
                         item.setdefault("_canceled", True)
-                    batch["results"] = [{"custom_id": r["custom_id"],
-                                         "result": {"type": "canceled"}}
-                                        for r in batch["requests"]]
+                    batch["results"] = [
+                        {"custom_id": r["custom_id"], "result": {"type": "canceled"}}
+                        for r in batch["requests"]
+                    ]
                     batch["ended"] = True
             if batch is None:
                 return self.error(404, "not_found_error", "no such batch")
@@ -315,8 +349,9 @@ def plan_to_tool_input(plan: Any) -> dict[str, Any]:
         "action": plan.action,
         "skip_reason": plan.skip_reason,
         "rationale": "instructions 1-4 applied (scripted model)",
-        "operations": [{"target": o.target, "operation": o.operation, "args": o.args}
-                       for o in plan.operations],
+        "operations": [
+            {"target": o.target, "operation": o.operation, "args": o.args} for o in plan.operations
+        ],
     }
 
 
@@ -325,17 +360,22 @@ def plan_model(plan_path: Path = DEMO_PLAN, config: Path = DEMO_CONFIG) -> Model
     request's first user turn and returns the plan as ``submit_write_plan`` input."""
     from app.agent.plan import PlanAgent
     from app.agent.prompt import extract_entry
-    from app.config import load_integration
+    from app.core.config import load_integration
+    from app.core.models import Entry
     from app.healthie.entry import content_hash
-    from app.models import Entry
 
     agent = PlanAgent.from_file(plan_path)
     integration = load_integration(config)
 
     def answer(body: dict[str, Any]) -> dict[str, Any]:
         data = extract_entry(first_user_text(body))
-        entry = Entry(integration_id=integration.id, patient_id=str(data["id"]), data=data,
-                      content_hash=content_hash(data), fetched_at=datetime.now(UTC))
+        entry = Entry(
+            integration_id=integration.id,
+            patient_id=str(data["id"]),
+            data=data,
+            content_hash=content_hash(data),
+            fetched_at=datetime.now(UTC),
+        )
         return plan_to_tool_input(agent.decide(integration, entry, None))
 
     return answer
@@ -344,33 +384,52 @@ def plan_model(plan_path: Path = DEMO_PLAN, config: Path = DEMO_CONFIG) -> Model
 @contextmanager
 def serve(fake: FakeAnthropic) -> Iterator[anthropic.Anthropic]:
     """Serve ``fake`` on loopback and yield a real SDK client pointed at it."""
-    from app.serving import serve_in_thread
+    from app.service.serving import serve_in_thread
 
     with serve_in_thread(fake.app()) as url, httpx2.Client(timeout=30) as http:
-        client = anthropic.Anthropic(api_key="sk-ant-fake", base_url=url, http_client=http,
-                                     max_retries=0)
+        client = anthropic.Anthropic(
+            api_key="sk-ant-fake", base_url=url, http_client=http, max_retries=0
+        )
         yield client
 
 
 def demo_entry(patient_id: str = "42", **overrides: Any) -> Any:
     """A synthetic demo-clinic entry (made-up data, no real patient) as an ``Entry``."""
+    from app.core.models import Entry
     from app.healthie.entry import canonicalize, content_hash
-    from app.models import Entry
 
-    data = canonicalize({
-        "id": patient_id, "first_name": "Zoë", "last_name": "Núñez",
-        "email": f" Zoe.{patient_id}@Example.COM ", "phone_number": "(555) 123-4567",
-        "dob": "1980-02-03", "active": True, "metadata": None,
-        "user_group": {"id": "1", "name": "Weight care"},
-        "dietitian": {"id": "9", "full_name": "Dr. Ada"},
-        "active_tags": [{"id": "2", "name": "vip"}, {"id": "1", "name": "asthma"}],
-        "policies": [{"id": "3", "insurance_plan": {"payer_name": "Aetna"}}],
-        "appointments": [
-            {"id": f"{patient_id}00", "date": "2026-10-01 10:00:00 -0400",
-             "pm_status": "Occurred", "deleted_at": None, "appointment_type": {"name": "Initial"},
-             "provider": {"full_name": "Dr. Ada"}, "contact_type": "Video Call"},
-        ],
-        **overrides,
-    })
-    return Entry(integration_id="demo-clinic", patient_id=patient_id, data=data,
-                 content_hash=content_hash(data), fetched_at=datetime.now(UTC))
+    data = canonicalize(
+        {
+            "id": patient_id,
+            "first_name": "Zoë",
+            "last_name": "Núñez",
+            "email": f" Zoe.{patient_id}@Example.COM ",
+            "phone_number": "(555) 123-4567",
+            "dob": "1980-02-03",
+            "active": True,
+            "metadata": None,
+            "user_group": {"id": "1", "name": "Weight care"},
+            "dietitian": {"id": "9", "full_name": "Dr. Ada"},
+            "active_tags": [{"id": "2", "name": "vip"}, {"id": "1", "name": "asthma"}],
+            "policies": [{"id": "3", "insurance_plan": {"payer_name": "Aetna"}}],
+            "appointments": [
+                {
+                    "id": f"{patient_id}00",
+                    "date": "2026-10-01 10:00:00 -0400",
+                    "pm_status": "Occurred",
+                    "deleted_at": None,
+                    "appointment_type": {"name": "Initial"},
+                    "provider": {"full_name": "Dr. Ada"},
+                    "contact_type": "Video Call",
+                },
+            ],
+            **overrides,
+        }
+    )
+    return Entry(
+        integration_id="demo-clinic",
+        patient_id=patient_id,
+        data=data,
+        content_hash=content_hash(data),
+        fetched_at=datetime.now(UTC),
+    )

@@ -8,9 +8,9 @@ from app.agent.base import BatchAgent, decide_many
 from app.agent.batches import PollPolicy, custom_id
 from app.agent.claude import ClaudeAgent
 from app.agent.plan import PlanAgent
-from app.config import load_integration
-from app.errors import FatalError, PlanValidationError, UpstreamUnavailable
-from app.models import Cadence, WritePlan
+from app.core.config import load_integration
+from app.core.errors import FatalError, PlanValidationError, UpstreamUnavailable
+from app.core.models import Cadence, WritePlan
 from connectors.memory import MemoryConnector
 from tests.fake_anthropic import (
     DEMO_CONFIG,
@@ -88,8 +88,7 @@ def test_an_invalid_batch_answer_gets_its_corrective_call_directly():
     good = plan_model()
 
     def model(body):
-        if '"id":"101"' in body["messages"][0]["content"][0]["text"] and len(
-                body["messages"]) == 1:
+        if '"id":"101"' in body["messages"][0]["content"][0]["text"] and len(body["messages"]) == 1:
             return {"action": "write", "rationale": "", "operations": []}
         return good(body)
 

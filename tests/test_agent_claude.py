@@ -11,8 +11,8 @@ from app.agent.claude import ClaudeAgent
 from app.agent.factory import build_agent, build_anthropic_client
 from app.agent.plan import PlanAgent
 from app.agent.prompt import load_system_prompt
-from app.config import load_integration
-from app.errors import (
+from app.core.config import load_integration
+from app.core.errors import (
     ConfigurationError,
     FatalError,
     PlanValidationError,
@@ -54,8 +54,11 @@ def test_one_forced_tool_call_per_entry_returns_the_validated_plan():
     assert plan.backend == "claude"
     assert fake.counts == {"messages": 1}
     body = fake.requests[0]
-    assert body["tool_choice"] == {"type": "tool", "name": "submit_write_plan",
-                                   "disable_parallel_tool_use": True}
+    assert body["tool_choice"] == {
+        "type": "tool",
+        "name": "submit_write_plan",
+        "disable_parallel_tool_use": True,
+    }
     assert [t["name"] for t in body["tools"]] == ["submit_write_plan"]
     assert "cache_control" in body["system"][-1]
     assert body["system"][0]["text"] == load_system_prompt()
@@ -81,19 +84,32 @@ def test_usage_shows_one_cache_write_then_cache_reads():
 
 
 def test_only_visible_fields_and_the_diff_are_sent():
-    integration = INTEGRATION.model_copy(update={"agent": INTEGRATION.agent.model_copy(
-        update={"visible_fields": ["first_name", "active_tags", "appointments"]})})
-    fake = FakeAnthropic(lambda body: {"action": "skip", "skip_reason": "test",
-                                       "rationale": "", "operations": []})
+    integration = INTEGRATION.model_copy(
+        update={
+            "agent": INTEGRATION.agent.model_copy(
+                update={"visible_fields": ["first_name", "active_tags", "appointments"]}
+            )
+        }
+    )
+    fake = FakeAnthropic(
+        lambda body: {"action": "skip", "skip_reason": "test", "rationale": "", "operations": []}
+    )
     before = demo_entry("42")
     from app.state.base import PatientState
-    previous = PatientState(integration_id="demo-clinic", patient_id="42",
-                            content_hash=before.content_hash, entry=before.data,
-                            outcome="written", updated_at=before.fetched_at)
+
+    previous = PatientState(
+        integration_id="demo-clinic",
+        patient_id="42",
+        content_hash=before.content_hash,
+        entry=before.data,
+        outcome="written",
+        updated_at=before.fetched_at,
+    )
     with serve(fake) as client:
         agent, _ = make_agent(client, integration)
-        plan = agent.decide(integration, demo_entry("42", appointments=[], first_name="Zoe"),
-                            previous)
+        plan = agent.decide(
+            integration, demo_entry("42", appointments=[], first_name="Zoe"), previous
+        )
     assert plan.action == "skip"
     text = first_user_text(fake.requests[0])
     assert "Example.COM" not in text
@@ -103,10 +119,15 @@ def test_only_visible_fields_and_the_diff_are_sent():
 
 
 def test_an_invalid_answer_gets_one_corrective_retry_with_the_reason():
-    answers = iter([
-        {"action": "write", "rationale": "", "operations": [
-            {"target": "warehouse", "operation": "drop_table", "args": {}}]},
-    ])
+    answers = iter(
+        [
+            {
+                "action": "write",
+                "rationale": "",
+                "operations": [{"target": "warehouse", "operation": "drop_table", "args": {}}],
+            },
+        ]
+    )
     good = plan_model()
     fake = FakeAnthropic(lambda body: next(answers, None) or good(body))
     with serve(fake) as client:
@@ -158,14 +179,17 @@ def test_a_long_retry_after_is_left_to_the_queue():
     assert sleeps == []
 
 
-@pytest.mark.parametrize(("status", "kind", "error"), [
-    (401, "authentication_error", ConfigurationError),
-    (403, "permission_error", ConfigurationError),
-    (404, "not_found_error", ConfigurationError),
-    (400, "invalid_request_error", FatalError),
-    (529, "overloaded_error", UpstreamUnavailable),
-    (500, "api_error", UpstreamUnavailable),
-])
+@pytest.mark.parametrize(
+    ("status", "kind", "error"),
+    [
+        (401, "authentication_error", ConfigurationError),
+        (403, "permission_error", ConfigurationError),
+        (404, "not_found_error", ConfigurationError),
+        (400, "invalid_request_error", FatalError),
+        (529, "overloaded_error", UpstreamUnavailable),
+        (500, "api_error", UpstreamUnavailable),
+    ],
+)
 def test_sdk_errors_become_engine_error_kinds(status, kind, error):
     fake = FakeAnthropic(plan_model())
     fake.fail_next(status, kind, times=10)
@@ -188,31 +212,46 @@ def obedient_model(body):
     if "ignore previous instructions" not in text.lower():
         return answer
     if "target crm" in text:
-        answer["operations"].append({"target": "crm", "operation": "upsert_row", "args": {
-            "table": "contacts", "key": "7", "patient_id": "7", "values": {}}})
+        answer["operations"].append(
+            {
+                "target": "crm",
+                "operation": "upsert_row",
+                "args": {"table": "contacts", "key": "7", "patient_id": "7", "values": {}},
+            }
+        )
     else:
-        answer["operations"].append({"target": "warehouse", "operation": "delete_row", "args": {
-            "table": "patients", "key": "7", "patient_id": "7"}})
+        answer["operations"].append(
+            {
+                "target": "warehouse",
+                "operation": "delete_row",
+                "args": {"table": "patients", "key": "7", "patient_id": "7"},
+            }
+        )
     return answer
 
 
-@pytest.mark.parametrize(("field", "target"), [
-    ("first_name", "crm"),
-    ("metadata", "warehouse"),
-    ("active_tags", "warehouse"),
-])
+@pytest.mark.parametrize(
+    ("field", "target"),
+    [
+        ("first_name", "crm"),
+        ("metadata", "warehouse"),
+        ("active_tags", "warehouse"),
+    ],
+)
 def test_prompt_injection_in_patient_text_is_refused_whatever_the_model_does(field, target):
     payload = INJECTION.format(target=target, patient="7")
-    value = {"first_name": payload, "metadata": json.dumps({"note": payload}),
-             "active_tags": [{"id": "5", "name": payload}]}[field]
+    value = {
+        "first_name": payload,
+        "metadata": json.dumps({"note": payload}),
+        "active_tags": [{"id": "5", "name": payload}],
+    }[field]
     fake = FakeAnthropic(obedient_model)
     with serve(fake) as client:
         agent, _ = make_agent(client)
         with pytest.raises(PlanValidationError) as info:
             agent.decide(INTEGRATION, demo_entry("42", **{field: value}), None)
     reason = str(info.value)
-    assert ("unknown target 'crm'" in reason) if target == "crm" else (
-        "another patient" in reason)
+    assert ("unknown target 'crm'" in reason) if target == "crm" else ("another patient" in reason)
     assert fake.counts["messages"] == 2  # refused, corrected once, refused again
     assert TARGETS["warehouse"].rows == {}  # and nothing was written anywhere
 
@@ -228,8 +267,13 @@ def test_an_agent_only_decides_for_its_own_integration():
 
 
 def test_factory_builds_claude_with_a_client_and_refuses_without(tmp_path: Path):
-    integration = INTEGRATION.model_copy(update={"agent": INTEGRATION.agent.model_copy(
-        update={"backend": "claude", "model": "claude-haiku-4-5"})})
+    integration = INTEGRATION.model_copy(
+        update={
+            "agent": INTEGRATION.agent.model_copy(
+                update={"backend": "claude", "model": "claude-haiku-4-5"}
+            )
+        }
+    )
     with pytest.raises(ConfigurationError, match="Anthropic API key"):
         build_agent(integration, TARGETS)
     with pytest.raises(ConfigurationError):
@@ -245,5 +289,6 @@ def test_factory_builds_claude_with_a_client_and_refuses_without(tmp_path: Path)
 def test_plan_to_tool_input_round_trips_through_validation():
     plan = PLAN.decide(INTEGRATION, demo_entry("42"), None)
     from app.agent.tools import parse_answer
+
     again = parse_answer(plan_to_tool_input(plan), "42", backend="claude")
     assert again.operations == plan.operations

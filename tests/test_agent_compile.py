@@ -14,8 +14,8 @@ from app.agent.compile import (
     run_compile,
 )
 from app.agent.plan import CompiledPlan
-from app.config import load_integration
-from app.errors import PlanValidationError
+from app.core.config import load_integration
+from app.core.errors import PlanValidationError
 from connectors.memory import MemoryConnector
 from tests.fake_anthropic import DEMO_CONFIG, DEMO_PLAN, FakeAnthropic, serve
 
@@ -58,8 +58,14 @@ def test_compiles_the_demo_document_into_the_committed_plan(tmp_path):
 
 
 def test_unexpressible_instructions_are_refused_by_name(tmp_path):
-    fake = FakeAnthropic(lambda body: {"plan": None, "unexpressible": [
-        {"instruction": "4. Never sync a patient who...", "reason": "needs judgement"}]})
+    fake = FakeAnthropic(
+        lambda body: {
+            "plan": None,
+            "unexpressible": [
+                {"instruction": "4. Never sync a patient who...", "reason": "needs judgement"}
+            ],
+        }
+    )
     out = tmp_path / "x.plan.json"
     with serve(fake) as client:
         message = run_compile(INTEGRATION, TARGETS, client, out)
@@ -71,9 +77,23 @@ def test_unexpressible_instructions_are_refused_by_name(tmp_path):
 
 
 def test_a_plan_that_does_not_run_gets_one_correction():
-    answers = iter([{"plan": {"operations": [{"target": "warehouse", "operation": "upsert_row",
-                                              "when": "entry.[[[", "args": {}}]},
-                     "unexpressible": []}])
+    answers = iter(
+        [
+            {
+                "plan": {
+                    "operations": [
+                        {
+                            "target": "warehouse",
+                            "operation": "upsert_row",
+                            "when": "entry.[[[",
+                            "args": {},
+                        }
+                    ]
+                },
+                "unexpressible": [],
+            }
+        ]
+    )
     fake = FakeAnthropic(lambda body: next(answers, None) or demo_answer())
     with serve(fake) as client:
         result = compile_plan(client, INTEGRATION, TARGETS)

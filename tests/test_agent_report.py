@@ -6,7 +6,7 @@ import json
 
 from app.agent.plan import PlanAgent
 from app.agent.report import ReportItem, build_report, redact, render_markdown
-from app.config import load_integration
+from app.core.config import load_integration
 from app.state.base import PatientState
 from tests.fake_anthropic import DEMO_CONFIG, DEMO_PLAN, demo_entry
 
@@ -16,9 +16,14 @@ PLAN = PlanAgent.from_file(DEMO_PLAN)
 
 def items() -> list[ReportItem]:
     first = demo_entry("42")
-    previous = PatientState(integration_id="demo-clinic", patient_id="43",
-                            content_hash="x", entry=demo_entry("43").data, outcome="written",
-                            updated_at=first.fetched_at)
+    previous = PatientState(
+        integration_id="demo-clinic",
+        patient_id="43",
+        content_hash="x",
+        entry=demo_entry("43").data,
+        outcome="written",
+        updated_at=first.fetched_at,
+    )
     second = demo_entry("43", appointments=[])
     skipped = demo_entry("44", active_tags=[{"id": "5", "name": "do-not-sync"}])
     return [
@@ -53,4 +58,6 @@ def test_values_are_shown_on_request_but_secrets_never():
     report = build_report(items()[:1], integration_id="demo-clinic", show_values=True)
     assert report["patients"][0]["operations"][0]["args"]["values"]["email"] == "zoe.42@example.com"
     assert redact({"api_key": "sk", "nested": {"password": "p", "x": 1}}, show_values=True) == {
-        "api_key": "<redacted>", "nested": {"password": "<redacted>", "x": 1}}
+        "api_key": "<redacted>",
+        "nested": {"password": "<redacted>", "x": 1},
+    }

@@ -8,13 +8,13 @@ import httpx2
 import pytest
 
 from app.agent.batches import PollPolicy
-from app.models import Cadence
+from app.core.models import Cadence
 from app.queue.topology import WORK_DLQ_SUBSCRIPTION
-from app.serving import serve_in_thread
+from app.service.serving import serve_in_thread
 from tests.fake_anthropic import FakeAnthropic, plan_model
 from tests.helpers import demo_runtime
 from tests.test_workers import FakeHealthie, work
-from workers.subscriber import drain
+from workers.consumer import drain
 
 
 @pytest.fixture
@@ -25,13 +25,20 @@ def fake_model():
 
 
 def claude_runtime(tmp_path, url, cadence: Cadence):
-    rt = demo_runtime(tmp_path, http_transport=httpx2.MockTransport(FakeHealthie()),
-                      anthropic_api_key_secret="anthropic/key", anthropic_base_url=url)
+    rt = demo_runtime(
+        tmp_path,
+        http_transport=httpx2.MockTransport(FakeHealthie()),
+        anthropic_api_key_secret="anthropic/key",
+        anthropic_base_url=url,
+    )
     rt.secrets.set("anthropic/key", "sk-ant-test")
     integration = rt.integrations["demo-clinic"]
-    rt.integrations["demo-clinic"] = integration.model_copy(update={
-        "cadence": cadence,
-        "agent": integration.agent.model_copy(update={"backend": "claude"})})
+    rt.integrations["demo-clinic"] = integration.model_copy(
+        update={
+            "cadence": cadence,
+            "agent": integration.agent.model_copy(update={"backend": "claude"}),
+        }
+    )
     rt.agent("demo-clinic").poll = PollPolicy(initial=0.01, factor=1.0, maximum=0.01)
     return rt
 

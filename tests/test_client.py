@@ -7,24 +7,33 @@ import json
 import httpx2
 import pytest
 
-from app.errors import ConfigurationError, InvalidResponse, RateLimited, UpstreamUnavailable
+from app.core.errors import ConfigurationError, InvalidResponse, RateLimited, UpstreamUnavailable
 from app.healthie.client import HealthieClient
 
 
 def make(handler, **kw) -> HealthieClient:
     kw.setdefault("rate_limit", 10_000)
     kw.setdefault("max_attempts", 3)
-    return HealthieClient(url="http://healthie.test/graphql", api_key=kw.pop("api_key", "k1"),
-                          http_transport=httpx2.MockTransport(handler), **kw)
+    return HealthieClient(
+        url="http://healthie.test/graphql",
+        api_key=kw.pop("api_key", "k1"),
+        http_transport=httpx2.MockTransport(handler),
+        **kw,
+    )
 
 
 def entries_handler(seen):
     def handler(request: httpx2.Request) -> httpx2.Response:
         seen.append(request)
         body = json.loads(request.content)
-        data = {f"p{i}": {"id": v, "first_name": "X"} for i, v in
-                enumerate(body["variables"][f"id{i}"] for i in range(len(body["variables"])))}
+        data = {
+            f"p{i}": {"id": v, "first_name": "X"}
+            for i, v in enumerate(
+                body["variables"][f"id{i}"] for i in range(len(body["variables"]))
+            )
+        }
         return httpx2.Response(200, json={"data": data})
+
     return handler
 
 
@@ -48,8 +57,15 @@ def test_too_many_requests_is_retried_then_succeeds():
     def handler(request):
         calls.append(1)
         if len(calls) == 1:
-            return httpx2.Response(200, json={"data": None, "errors": [
-                {"message": "slow down", "extensions": {"code": "TOO_MANY_REQUESTS"}}]})
+            return httpx2.Response(
+                200,
+                json={
+                    "data": None,
+                    "errors": [
+                        {"message": "slow down", "extensions": {"code": "TOO_MANY_REQUESTS"}}
+                    ],
+                },
+            )
         return entries_handler([])(request)
 
     client = make(handler, api_key="k-rate")
@@ -59,14 +75,19 @@ def test_too_many_requests_is_retried_then_succeeds():
 
 
 def test_http_429_exhausts_to_rate_limited():
-    client = make(lambda r: httpx2.Response(429, headers={"Retry-After": "0"}, text="no"),
-                  api_key="k-429", max_attempts=2)
+    client = make(
+        lambda r: httpx2.Response(429, headers={"Retry-After": "0"}, text="no"),
+        api_key="k-429",
+        max_attempts=2,
+    )
     with pytest.raises(RateLimited):
         client.fetch_entries(["1"])
 
 
-@pytest.mark.parametrize(("status", "error"), [
-    (503, UpstreamUnavailable), (401, ConfigurationError), (400, InvalidResponse)])
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(503, UpstreamUnavailable), (401, ConfigurationError), (400, InvalidResponse)],
+)
 def test_http_status_mapping(status, error):
     client = make(lambda r: httpx2.Response(status, text="x"), max_attempts=1)
     with pytest.raises(error):
@@ -95,8 +116,12 @@ def test_graphql_validation_error_is_fatal_and_not_retried():
 
 def test_unsupported_version_is_configuration():
     def handler(request):
-        return httpx2.Response(200, json={"errors": [
-            {"message": "bad", "extensions": {"code": "UNSUPPORTED_API_VERSION"}}]})
+        return httpx2.Response(
+            200,
+            json={
+                "errors": [{"message": "bad", "extensions": {"code": "UNSUPPORTED_API_VERSION"}}]
+            },
+        )
 
     with pytest.raises(ConfigurationError):
         make(handler).fetch_entries(["1"])
@@ -104,18 +129,28 @@ def test_unsupported_version_is_configuration():
 
 def test_missing_patient_is_none_and_others_survive():
     def handler(request):
-        return httpx2.Response(200, json={
-            "data": {"p0": {"id": "1"}, "p1": None},
-            "errors": [{"message": "User not found", "path": ["p1"]}]})
+        return httpx2.Response(
+            200,
+            json={
+                "data": {"p0": {"id": "1"}, "p1": None},
+                "errors": [{"message": "User not found", "path": ["p1"]}],
+            },
+        )
 
     assert make(handler).fetch_entries(["1", "2"]) == {"1": {"id": "1"}, "2": None}
 
 
 def test_resolve_appointments_collects_owner_and_attendees():
     def handler(request):
-        return httpx2.Response(200, json={"data": {
-            "a0": {"id": "7", "user": {"id": "1"}, "attendees": [{"id": "1"}, {"id": "2"}]},
-            "a1": None}})
+        return httpx2.Response(
+            200,
+            json={
+                "data": {
+                    "a0": {"id": "7", "user": {"id": "1"}, "attendees": [{"id": "1"}, {"id": "2"}]},
+                    "a1": None,
+                }
+            },
+        )
 
     assert make(handler).resolve_appointments(["7", "8"]) == {"7": ["1", "2"], "8": []}
 
@@ -124,15 +159,17 @@ def test_api_warnings_are_logged_once_each(caplog):
     warning = {"code": "API_VERSION_SUNSET_WARNING", "message": "upgrade"}
 
     def handler(request):
-        return httpx2.Response(200, json={"data": {"p0": {"id": "1"}},
-                                          "extensions": {"warnings": [warning]}})
+        return httpx2.Response(
+            200, json={"data": {"p0": {"id": "1"}}, "extensions": {"warnings": [warning]}}
+        )
 
     client = make(handler)
     with caplog.at_level("WARNING", logger="app.healthie.client"):
         client.fetch_entries(["1"])
         client.fetch_entries(["1"])
     assert [r.getMessage() for r in caplog.records] == [
-        "Healthie API warning API_VERSION_SUNSET_WARNING: upgrade"]
+        "Healthie API warning API_VERSION_SUNSET_WARNING: upgrade"
+    ]
 
 
 # -- complexity-aware batching -----------------------------------------------------------------
@@ -145,10 +182,22 @@ def refusing_handler(seen, cost_per_entry, cap=2000):
         n = len(body["variables"])
         seen.append(n)
         if n * cost_per_entry > cap:
-            return httpx2.Response(200, json={"errors": [{"message": (
-                f"Query has complexity of {n * cost_per_entry}, which exceeds max complexity "
-                f"of {cap}")}]})
+            return httpx2.Response(
+                200,
+                json={
+                    "errors": [
+                        {
+                            "message": (
+                                f"Query has complexity of {n * cost_per_entry}, "
+                                f"which exceeds max complexity "
+                                f"of {cap}"
+                            )
+                        }
+                    ]
+                },
+            )
         return ok(request)
+
     return handler
 
 
@@ -190,8 +239,18 @@ def test_uneven_refusals_halve_recursively():
         n = len(json.loads(request.content)["variables"])
         seen.append(n)
         if n > 2:  # Healthie's score says 2001 whatever the size: no learning possible
-            return httpx2.Response(200, json={"errors": [{"message":
-                "Query has complexity of 2001, which exceeds max complexity of 2000"}]})
+            return httpx2.Response(
+                200,
+                json={
+                    "errors": [
+                        {
+                            "message": (
+                                "Query has complexity of 2001, which exceeds max complexity of 2000"
+                            )
+                        }
+                    ]
+                },
+            )
         return ok(request)
 
     client = make(handler, batch_size=8)
@@ -223,8 +282,18 @@ def test_http_429_with_a_graphql_body_is_rate_limited_and_honours_retry_after():
     def handler(request):
         calls.append(1)
         if len(calls) == 1:
-            return httpx2.Response(429, headers={"Retry-After": "0"}, json={"errors": [
-                {"message": "Too many requests", "extensions": {"code": "TOO_MANY_REQUESTS"}}]})
+            return httpx2.Response(
+                429,
+                headers={"Retry-After": "0"},
+                json={
+                    "errors": [
+                        {
+                            "message": "Too many requests",
+                            "extensions": {"code": "TOO_MANY_REQUESTS"},
+                        }
+                    ]
+                },
+            )
         return entries_handler([])(request)
 
     client = make(handler, api_key="k-429-json")
@@ -233,16 +302,21 @@ def test_http_429_with_a_graphql_body_is_rate_limited_and_honours_retry_after():
 
 
 def test_http_503_with_a_graphql_body_is_upstream_unavailable():
-    client = make(lambda r: httpx2.Response(503, json={"errors": [{"message": "down"}]}),
-                  max_attempts=1)
+    client = make(
+        lambda r: httpx2.Response(503, json={"errors": [{"message": "down"}]}), max_attempts=1
+    )
     with pytest.raises(UpstreamUnavailable):
         client.fetch_entries(["1"])
 
 
 def test_too_many_requests_halves_the_keys_rate():
     def handler(request):
-        return httpx2.Response(200, json={"errors": [
-            {"message": "slow down", "extensions": {"code": "TOO_MANY_REQUESTS"}}]})
+        return httpx2.Response(
+            200,
+            json={
+                "errors": [{"message": "slow down", "extensions": {"code": "TOO_MANY_REQUESTS"}}]
+            },
+        )
 
     client = make(handler, api_key="k-throttle", rate_limit=100, max_attempts=1)
     with pytest.raises(RateLimited) as caught:
@@ -254,7 +328,8 @@ def test_too_many_requests_halves_the_keys_rate():
 
 # -- circuit breaker ---------------------------------------------------------------------------
 def test_circuit_opens_after_consecutive_failures_and_fails_fast():
-    from app.healthie.ratelimit import CircuitBreaker, CircuitOpen
+    from app.core.errors import CircuitOpen
+    from app.resilience.breaker import CircuitBreaker
 
     now = [0.0]
     breaker = CircuitBreaker(threshold=3, cool_down=30, clock=lambda: now[0])

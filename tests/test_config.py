@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from app.config import load_integration, load_integrations
-from app.errors import ConfigurationError
+from app.core.config import load_integration, load_integrations
+from app.core.errors import ConfigurationError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -24,11 +24,11 @@ from datetime import UTC, datetime
 import httpx2
 import pytest
 
-from app.config import TargetConfig, load_integration
-from app.models import Cadence, DirtyMark, SubjectKind
+from app.core.config import TargetConfig, load_integration
+from app.core.models import Cadence, DirtyMark, SubjectKind
 from app.queue.topology import DIRTY_TOPIC, WORK_SUBSCRIPTION, dirty_subscription
-from app.runtime import Runtime
-from app.secrets import MemorySecretStore
+from app.secrets.stores import MemorySecretStore
+from app.service.runtime import Runtime
 from tests.backends import (  # noqa: F401 - the fixtures
     Backend,
     backend_fixture,
@@ -37,8 +37,8 @@ from tests.backends import (  # noqa: F401 - the fixtures
 )
 from tests.helpers import REPO
 from tests.test_workers import FakeHealthie
+from workers.consumer import drain
 from workers.flusher import FlushResult, flush
-from workers.subscriber import drain
 
 PATIENTS = ["1", "2", "3", "4", "5"]
 
@@ -51,35 +51,63 @@ def start(tmp_path, fake, backend: Backend) -> Runtime:
     """A runtime on the backend's durable queue and state (a 'process' of the engine), with
     the shortest leases the backend honours."""
     integration = load_integration(REPO / "config" / "integrations" / "demo-clinic.toml")
-    integration = integration.model_copy(update={
-        "healthie": integration.healthie.model_copy(update={"api_url": "http://h.test/graphql"}),
-        "targets": [TargetConfig(name="warehouse", connector="sqlite",
-                                 options={"path": str(tmp_path / "warehouse.db")})]})
+    integration = integration.model_copy(
+        update={
+            "healthie": integration.healthie.model_copy(
+                update={"api_url": "http://h.test/graphql"}
+            ),
+            "targets": [
+                TargetConfig(
+                    name="warehouse",
+                    connector="sqlite",
+                    options={"path": str(tmp_path / "warehouse.db")},
+                )
+            ],
+        }
+    )
     settings = backend.settings(tmp_path)
-    return Runtime(settings=settings, integrations={integration.id: integration},
-                   secrets=MemorySecretStore({integration.healthie.api_key_secret: "k",
-                                              integration.healthie.webhook_secrets[0]: "s"}),
-                   queue=backend.make_queue(settings), state=backend.make_state(),
-                   http_transport=httpx2.MockTransport(fake))
+    return Runtime(
+        settings=settings,
+        integrations={integration.id: integration},
+        secrets=MemorySecretStore(
+            {integration.healthie.api_key_secret: "k", integration.healthie.webhook_secrets[0]: "s"}
+        ),
+        queue=backend.make_queue(settings),
+        state=backend.make_state(),
+        http_transport=httpx2.MockTransport(fake),
+    )
 
 
 def mark_all(runtime: Runtime) -> None:
     now = datetime.now(UTC)
-    runtime.queue.publish_many(DIRTY_TOPIC, [
-        (DirtyMark(integration_id="demo-clinic", subject_kind=SubjectKind.PATIENT,
-                   subject_id=p, reason="patient.updated", received_at=now)
-         .model_dump_json().encode(), {"integration": "demo-clinic", "cadence": "daily"})
-        for p in PATIENTS])
+    runtime.queue.publish_many(
+        DIRTY_TOPIC,
+        [
+            (
+                DirtyMark(
+                    integration_id="demo-clinic",
+                    subject_kind=SubjectKind.PATIENT,
+                    subject_id=p,
+                    reason="patient.updated",
+                    received_at=now,
+                )
+                .model_dump_json()
+                .encode(),
+                {"integration": "demo-clinic", "cadence": "daily"},
+            )
+            for p in PATIENTS
+        ],
+    )
 
 
 def patient_rows(tmp_path) -> list[tuple[str, int]]:
     with sqlite3.connect(tmp_path / "warehouse.db") as db:
-        return db.execute(
-            "SELECT key, COUNT(*) FROM patients GROUP BY key ORDER BY key").fetchall()
+        return db.execute("SELECT key, COUNT(*) FROM patients GROUP BY key ORDER BY key").fetchall()
 
 
-def restart_and_finish(tmp_path, fake, backend: Backend, old: Runtime, killed_at: float
-                       ) -> tuple[Runtime, FlushResult]:
+def restart_and_finish(
+    tmp_path, fake, backend: Backend, old: Runtime, killed_at: float
+) -> tuple[Runtime, FlushResult]:
     """Close the dead process's runtime, wait until its leases (taken before ``killed_at``)
     have expired, then flush and drain on a new runtime over the same queue and state."""
     old.close()

@@ -10,7 +10,7 @@ import sys
 import pytest
 from rich.console import Console
 
-from app.demo import run_demo
+from sandbox.demo import run_demo
 
 pytestmark = pytest.mark.e2e
 
@@ -44,10 +44,21 @@ def test_cli_prints_one_json_counts_line(tmp_path):
     env = {"HEALTHIE_SYNC_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
     done = subprocess.run(
         [sys.executable, "-m", "app", "demo", "--patients", "40", "--changes", "8"],
-        capture_output=True, text=True, env=env, timeout=180, check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        check=True,
     )
     last = done.stdout.strip().splitlines()[-1]
     counts = json.loads(last)
-    assert list(counts) == ["webhooks_received", "webhooks_rejected", "dirty_patients",
-                            "processed", "skipped_unchanged", "writes", "dead_lettered"]
+    assert list(counts) == [
+        "webhooks_received",
+        "webhooks_rejected",
+        "dirty_patients",
+        "processed",
+        "skipped_unchanged",
+        "writes",
+        "dead_lettered",
+    ]
     assert counts["processed"] > 0

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from app.events import WebhookPayload, resolve_event
-from app.models import SubjectKind
+from app.core.models import SubjectKind
+from app.intake.events import WebhookPayload, resolve_event
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -27,29 +27,56 @@ def test_patient_events_mark_that_patient(rid, event):
 
 
 def test_merge_marks_destination_and_source():
-    out = marks({"resource_id": "922143", "resource_id_type": "User", "event_type":
-                 "patient.merged", "destination_user_id": "1234", "source_user_id": 5678})
+    out = marks(
+        {
+            "resource_id": "922143",
+            "resource_id_type": "User",
+            "event_type": "patient.merged",
+            "destination_user_id": "1234",
+            "source_user_id": 5678,
+        }
+    )
     assert [(m.subject_id, m.merged_into) for m in out] == [("1234", None), ("5678", "1234")]
 
 
 def test_applied_tag_uses_user_id_or_marks_the_tag():
-    with_user = marks({"resource_id": "77", "resource_id_type": "AppliedTag",
-                       "event_type": "applied_tag.created", "user_id": 42})
+    with_user = marks(
+        {
+            "resource_id": "77",
+            "resource_id_type": "AppliedTag",
+            "event_type": "applied_tag.created",
+            "user_id": 42,
+        }
+    )
     assert [(m.subject_kind, m.subject_id) for m in with_user] == [(SubjectKind.PATIENT, "42")]
     without = marks({"resource_id": "77", "event_type": "applied_tag.deleted"})
     assert [(m.subject_kind, m.subject_id) for m in without] == [(SubjectKind.APPLIED_TAG, "77")]
 
 
-@pytest.mark.parametrize("suffix", ["created", "updated", "deleted", "patient_added",
-                                    "patient_removed"])
+@pytest.mark.parametrize(
+    "suffix", ["created", "updated", "deleted", "patient_added", "patient_removed"]
+)
 def test_appointment_events_mark_the_appointment(suffix):
-    out = marks({"resource_id": 578125, "resource_id_type": "Appointment",
-                 "event_type": f"appointment.{suffix}"})
+    out = marks(
+        {
+            "resource_id": 578125,
+            "resource_id_type": "Appointment",
+            "event_type": f"appointment.{suffix}",
+        }
+    )
     assert [(m.subject_kind, m.subject_id) for m in out] == [(SubjectKind.APPOINTMENT, "578125")]
 
 
-@pytest.mark.parametrize("event", ["form_answer_group.created", "charting_note_addendum.created",
-                                   "message.created", "comment.created", "document.created"])
+@pytest.mark.parametrize(
+    "event",
+    [
+        "form_answer_group.created",
+        "charting_note_addendum.created",
+        "message.created",
+        "comment.created",
+        "document.created",
+    ],
+)
 def test_clinical_events_never_mark(event):
     assert marks({"resource_id": "1", "event_type": event, "user_id": "42"}) == []
 
@@ -60,13 +87,16 @@ def test_unknown_events_are_unhandled_and_configured_ones_mark():
     assert [m.subject_id for m in marks(body, frozenset({"goal.created"}))] == ["42"]
 
 
-@pytest.mark.parametrize("body", [
-    {"event_type": "patient.updated"},
-    {"resource_id": "", "event_type": "patient.updated"},
-    {"resource_id": "1", "event_type": "no dots here"},
-    {"resource_id": True, "event_type": "patient.updated"},
-    {"resource_id": ["1"], "event_type": "patient.updated"},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"event_type": "patient.updated"},
+        {"resource_id": "", "event_type": "patient.updated"},
+        {"resource_id": "1", "event_type": "no dots here"},
+        {"resource_id": True, "event_type": "patient.updated"},
+        {"resource_id": ["1"], "event_type": "patient.updated"},
+    ],
+)
 def test_malformed_payloads_fail_validation(body):
     with pytest.raises(ValidationError):
         WebhookPayload.model_validate(body)

@@ -15,8 +15,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from google.auth import crypt, jwt
 
-from app.main import create_app
-from app.serving import serve_in_thread
+from app.api.app import create_app
+from app.service.serving import serve_in_thread
 from tests.helpers import demo_runtime
 
 AUDIENCE = "https://healthie-sync.example.run.app"
@@ -27,12 +27,19 @@ def _key_and_cert() -> tuple[bytes, bytes]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")])
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(1)
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
-    pem_key = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    pem_key = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return pem_key, cert.public_bytes(serialization.Encoding.PEM)
 
 
@@ -55,17 +62,29 @@ def certs_url(keys):
 
 def token(keys, which="good", **claims) -> str:
     now = int(time.time())
-    payload = {"iss": "https://accounts.google.com", "aud": AUDIENCE, "email": ACCOUNT,
-               "email_verified": True, "iat": now, "exp": now + 600, "sub": "1", **claims}
+    payload = {
+        "iss": "https://accounts.google.com",
+        "aud": AUDIENCE,
+        "email": ACCOUNT,
+        "email_verified": True,
+        "iat": now,
+        "exp": now + 600,
+        "sub": "1",
+        **claims,
+    }
     signer = crypt.RSASigner.from_string(keys[which][0], key_id="k1")
     return jwt.encode(signer, payload).decode()
 
 
 @pytest.fixture
 def client(tmp_path, certs_url):
-    runtime = demo_runtime(tmp_path, flush_oidc_audience=AUDIENCE,
-                           flush_oidc_service_account=ACCOUNT, flush_oidc_certs_url=certs_url,
-                           flush_token="local-shared-token-123")
+    runtime = demo_runtime(
+        tmp_path,
+        flush_oidc_audience=AUDIENCE,
+        flush_oidc_service_account=ACCOUNT,
+        flush_oidc_certs_url=certs_url,
+        flush_token="local-shared-token-123",
+    )
     yield TestClient(create_app(runtime))
     runtime.close()
 
@@ -79,13 +98,16 @@ def test_valid_scheduler_token_is_accepted(client, keys):
     assert status(client, f"Bearer {token(keys)}") == 200
 
 
-@pytest.mark.parametrize("claims", [
-    {"aud": "https://elsewhere.example"},
-    {"email": "someone@proj.iam.gserviceaccount.com"},
-    {"email_verified": False},
-    {"iss": "https://evil.example"},
-    {"exp": int(time.time()) - 3600, "iat": int(time.time()) - 7200},
-])
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"aud": "https://elsewhere.example"},
+        {"email": "someone@proj.iam.gserviceaccount.com"},
+        {"email_verified": False},
+        {"iss": "https://evil.example"},
+        {"exp": int(time.time()) - 3600, "iat": int(time.time()) - 7200},
+    ],
+)
 def test_wrong_claims_are_refused(client, keys, claims):
     assert status(client, f"Bearer {token(keys, **claims)}") == 401
 

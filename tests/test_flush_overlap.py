@@ -12,29 +12,42 @@ import httpx2
 import pytest
 from fastapi.testclient import TestClient
 
-import workers.subscriber as subscriber
-from app.main import create_app
-from app.models import Cadence, DirtyMark, SubjectKind
+import workers.consumer as subscriber
+from app.api.app import create_app
+from app.core.errors import FlushInProgress
+from app.core.models import Cadence, DirtyMark, SubjectKind
 from app.queue.topology import DIRTY_TOPIC, WORK_SUBSCRIPTION, dirty_subscription
 from tests.helpers import demo_runtime
 from tests.test_workers import FakeHealthie, work
-from workers.flusher import FlushInProgress, flush
-from workers.subscriber import drain
+from workers.consumer import drain
+from workers.flusher import flush
 
 
 @pytest.fixture
 def runtime(tmp_path):
-    rt = demo_runtime(tmp_path, http_transport=httpx2.MockTransport(FakeHealthie()),
-                      flush_token="token-for-tests-1")
+    rt = demo_runtime(
+        tmp_path,
+        http_transport=httpx2.MockTransport(FakeHealthie()),
+        flush_token="token-for-tests-1",
+    )
     yield rt
     rt.close()
 
 
 def mark(runtime, patient: str, cadence: str = "daily") -> None:
-    runtime.queue.publish(DIRTY_TOPIC, DirtyMark(
-        integration_id="demo-clinic", subject_kind=SubjectKind.PATIENT, subject_id=patient,
-        reason="patient.updated", received_at=datetime.now(UTC)).model_dump_json().encode(),
-        {"integration": "demo-clinic", "cadence": cadence})
+    runtime.queue.publish(
+        DIRTY_TOPIC,
+        DirtyMark(
+            integration_id="demo-clinic",
+            subject_kind=SubjectKind.PATIENT,
+            subject_id=patient,
+            reason="patient.updated",
+            received_at=datetime.now(UTC),
+        )
+        .model_dump_json()
+        .encode(),
+        {"integration": "demo-clinic", "cadence": cadence},
+    )
 
 
 def test_a_second_flush_of_the_same_cadence_is_refused(runtime):
@@ -96,8 +109,7 @@ def test_two_workers_never_process_one_patient_at_once(runtime, monkeypatch):
 def test_cadence_change_applies_from_the_next_run(runtime):
     mark(runtime, "1", cadence="daily")  # queued while the integration was daily
     integration = runtime.integrations["demo-clinic"]
-    runtime.integrations["demo-clinic"] = integration.model_copy(
-        update={"cadence": Cadence.HOURLY})
+    runtime.integrations["demo-clinic"] = integration.model_copy(update={"cadence": Cadence.HOURLY})
     daily = flush(runtime, Cadence.DAILY)
     assert (daily.marks, daily.work_items) == (1, 0)  # staged, not published: no longer daily
     hourly = flush(runtime, Cadence.HOURLY)
@@ -107,8 +119,7 @@ def test_cadence_change_applies_from_the_next_run(runtime):
 
 def test_weekly_marks_are_staged_daily_and_published_weekly(runtime):
     integration = runtime.integrations["demo-clinic"]
-    runtime.integrations["demo-clinic"] = integration.model_copy(
-        update={"cadence": Cadence.WEEKLY})
+    runtime.integrations["demo-clinic"] = integration.model_copy(update={"cadence": Cadence.WEEKLY})
     mark(runtime, "1", cadence="weekly")
     staged = flush(runtime, Cadence.WEEKLY, stage_only=True)
     assert (staged.marks, staged.work_items) == (1, 0)

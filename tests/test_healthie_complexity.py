@@ -53,7 +53,8 @@ def test_agrees_with_the_sandbox_scorer(name):
 
 def test_parses_healthies_refusal():
     refused = parse_complexity_error(
-        "Query has complexity of 2274, which exceeds max complexity of 2000")
+        "Query has complexity of 2274, which exceeds max complexity of 2000"
+    )
     assert refused is not None
     assert (refused.score, refused.limit) == (2274, 2000)
     assert parse_complexity_error("Query has depth of 30, which exceeds max depth of 25") is None

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from app.errors import ConfigurationError, UpstreamUnavailable
+from app.core.errors import CircuitOpen, ConfigurationError, UpstreamUnavailable
 from app.healthie.client import HealthieClient
-from app.healthie.ratelimit import CircuitBreaker, CircuitOpen, TokenBucket
-from app.serving import serve_in_thread
+from app.resilience.breaker import CircuitBreaker
+from app.resilience.ratelimit import TokenBucket
+from app.service.serving import serve_in_thread
 from sandbox.core import Sandbox
 from sandbox.faults import FaultConfig
 from sandbox.server import create_app
@@ -51,8 +52,9 @@ def client_for(sandbox: Sandbox, url: str) -> Iterator[Callable[..., HealthieCli
 
     def build(*, rate: float = 1000, **kw: Any) -> HealthieClient:
         kw.setdefault("breaker", CircuitBreaker(threshold=20))
-        client = HealthieClient(url=url, api_key=kw.pop("api_key", sandbox.api_key),
-                                bucket=TokenBucket(rate), **kw)
+        client = HealthieClient(
+            url=url, api_key=kw.pop("api_key", sandbox.api_key), bucket=TokenBucket(rate), **kw
+        )
         made.append(client)
         return client
 
@@ -90,8 +92,7 @@ def test_intermittent_5xx_is_retried(client_for, faults, ids):
 
 def test_persistent_5xx_opens_the_circuit(client_for, faults, ids):
     faults.configure(FaultConfig(http_5xx_probability=1.0))
-    client = client_for(breaker=CircuitBreaker(threshold=3, cool_down=60),
-                        max_attempts=10)
+    client = client_for(breaker=CircuitBreaker(threshold=3, cool_down=60), max_attempts=10)
     with pytest.raises(CircuitOpen) as caught:
         client.fetch_entries(ids[:3])
     assert isinstance(caught.value, UpstreamUnavailable)

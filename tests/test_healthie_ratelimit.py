@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from app.healthie.ratelimit import CircuitBreaker, CircuitOpen, TokenBucket
+from app.core.errors import CircuitOpen
+from app.resilience.breaker import CircuitBreaker
+from app.resilience.ratelimit import TokenBucket
 
 
 class FakeTime:

@@ -9,7 +9,7 @@ import httpx2
 import pytest
 from graphql import introspection_from_schema
 
-from app.errors import ConfigurationError
+from app.core.errors import ConfigurationError
 from app.healthie.client import HealthieClient
 from app.healthie.schema_check import (
     check_operations_against_live_schema,
@@ -17,7 +17,7 @@ from app.healthie.schema_check import (
     problems_against,
 )
 from app.healthie.selection import schema_from_file
-from app.serving import serve_in_thread
+from app.service.serving import serve_in_thread
 from sandbox.core import Sandbox
 from sandbox.executable import SCHEMA_PATH
 from sandbox.server import create_app
@@ -34,6 +34,7 @@ def serving(introspection, seen):
         seen.append(request)
         assert "__schema" in json.loads(request.content)["query"]
         return httpx2.Response(200, json={"data": introspection})
+
     return handler
 
 

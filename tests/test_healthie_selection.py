@@ -8,7 +8,7 @@ import httpx2
 import pytest
 from graphql import parse, print_ast
 
-from app.errors import ConfigurationError
+from app.core.errors import ConfigurationError
 from app.healthie import operations
 from app.healthie.selection import build_entry_fragment, is_excluded, schema_from_file
 from sandbox.executable import SCHEMA_PATH
@@ -32,7 +32,8 @@ def test_no_changes_gives_the_committed_selection(sandbox_schema):
 
 def test_exclusions_drop_fields_and_fragments_left_unused(sandbox_schema):
     built = build_entry_fragment(
-        sandbox_schema, exclude_fields=["appointments", "upcoming_appointments", "metadata"])
+        sandbox_schema, exclude_fields=["appointments", "upcoming_appointments", "metadata"]
+    )
     fields = _top_fields(built)
     assert "appointments" not in fields
     assert "metadata" not in fields
@@ -42,18 +43,22 @@ def test_exclusions_drop_fields_and_fragments_left_unused(sandbox_schema):
 
 def test_extra_selection_is_added_and_validated(healthie_schema):
     built = build_entry_fragment(
-        healthie_schema, extra_selection="height  active_tags { id created_at }")
+        healthie_schema, extra_selection="height  active_tags { id created_at }"
+    )
     assert _top_fields(built)[-2:] == ["height", "active_tags"]
 
 
-@pytest.mark.parametrize(("extra", "exclude", "message"), [
-    ("form_answer_groups { id }", (), "PatientEntry.form_answer_groups (FormAnswerGroup)"),
-    ("... on User { form_answer_groups { id } }", (), "PatientEntry.form_answer_groups"),
-    ("no_such_field", (), "Cannot query field 'no_such_field'"),
-    ("dob {", (), "does not parse"),
-    (None, ("id",), "cannot drop 'id'"),
-    (None, ("not_selected",), "['not_selected']"),
-])
+@pytest.mark.parametrize(
+    ("extra", "exclude", "message"),
+    [
+        ("form_answer_groups { id }", (), "PatientEntry.form_answer_groups (FormAnswerGroup)"),
+        ("... on User { form_answer_groups { id } }", (), "PatientEntry.form_answer_groups"),
+        ("no_such_field", (), "Cannot query field 'no_such_field'"),
+        ("dob {", (), "does not parse"),
+        (None, ("id",), "cannot drop 'id'"),
+        (None, ("not_selected",), "['not_selected']"),
+    ],
+)
 def test_refusals_name_the_problem(healthie_schema, extra, exclude, message):
     with pytest.raises(ConfigurationError) as caught:
         build_entry_fragment(healthie_schema, extra_selection=extra, exclude_fields=exclude)
@@ -62,8 +67,9 @@ def test_refusals_name_the_problem(healthie_schema, extra, exclude, message):
 
 def test_nested_forbidden_types_are_found_by_path(healthie_schema):
     with pytest.raises(ConfigurationError, match=r"PatientEntry\.appointments\.\w*") as caught:
-        build_entry_fragment(healthie_schema,
-                             extra_selection="appointments { id form_answer_group { id } }")
+        build_entry_fragment(
+            healthie_schema, extra_selection="appointments { id form_answer_group { id } }"
+        )
     assert "FormAnswerGroup" in str(caught.value)
 
 

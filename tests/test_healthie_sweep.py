@@ -9,7 +9,7 @@ import httpx2
 import pytest
 from gql import GraphQLRequest
 
-from app.errors import InvalidResponse
+from app.core.errors import InvalidResponse
 from app.healthie import operations
 from app.healthie.pagination import Pages, collect
 from app.healthie.sweep import sweep_changes, webhook_health
@@ -40,9 +40,17 @@ class FakeConnections:
         start = int(variables.get("after") or 0)
         page = items[start : start + variables["first"]]
         end = start + len(page)
-        return httpx2.Response(200, json={"data": {root: {
-            "page_info": {"has_next_page": end < len(items), "end_cursor": str(end)},
-            "nodes": page}}})
+        return httpx2.Response(
+            200,
+            json={
+                "data": {
+                    root: {
+                        "page_info": {"has_next_page": end < len(items), "end_cursor": str(end)},
+                        "nodes": page,
+                    }
+                }
+            },
+        )
 
 
 def users(n: int) -> list[dict]:
@@ -58,8 +66,10 @@ def test_sweep_stops_at_the_window_and_skips_the_future():
             {"id": "a2", "updated_at": at(20), "user": None, "attendees": [{"id": "9"}]},
             {"id": "a3", "updated_at": at(-5), "user": {"id": "1"}, "attendees": []},
         ],
-        appliedTags=[{"id": "t1", "user_id": "42", "updated_at": at(30)},
-                     {"id": "t2", "user_id": "43", "updated_at": at(59)}],
+        appliedTags=[
+            {"id": "t1", "user_id": "42", "updated_at": at(30)},
+            {"id": "t2", "user_id": "43", "updated_at": at(59)},
+        ],
     )
     client = make(fake)
     result = sweep_changes(client, since=T0, until=T0 + timedelta(minutes=55), page_size=10)
@@ -78,24 +88,31 @@ def test_sweep_stops_at_the_window_and_skips_the_future():
 
 def test_sweep_of_a_quiet_window():
     fake = FakeConnections(users=users(3), appointments=[], appliedTags=[])
-    result = sweep_changes(make(fake), since=T0 + timedelta(hours=5),
-                           until=T0 + timedelta(hours=6))
+    result = sweep_changes(make(fake), since=T0 + timedelta(hours=5), until=T0 + timedelta(hours=6))
     assert (result.patient_ids, result.appointment_ids, result.newest) == (set(), set(), None)
     assert result.pages == 3
 
 
 def test_sweep_page_cap_marks_the_result_truncated():
     fake = FakeConnections(users=users(200), appointments=[], appliedTags=[])
-    result = sweep_changes(make(fake), since=T0 - timedelta(days=1), until=T0 + timedelta(days=1),
-                           page_size=10, max_pages=3)
+    result = sweep_changes(
+        make(fake),
+        since=T0 - timedelta(days=1),
+        until=T0 + timedelta(days=1),
+        page_size=10,
+        max_pages=3,
+    )
     assert result.truncated
     assert len(result.patient_ids) == 30
 
 
 def test_sweep_needs_aware_datetimes():
     with pytest.raises(ValueError, match="timezone-aware"):
-        sweep_changes(make(FakeConnections()), since=datetime(2026, 1, 1),  # noqa: DTZ001
-                      until=T0)
+        sweep_changes(
+            make(FakeConnections()),
+            since=datetime(2026, 1, 1),  # noqa: DTZ001
+            until=T0,
+        )
 
 
 def test_pages_follow_cursors_to_the_end():
@@ -106,13 +123,23 @@ def test_pages_follow_cursors_to_the_end():
     assert pager.pages == 3
     assert not pager.truncated
     assert [n["id"] for n in collect(make(fake), request, "users", page_size=7)] == [
-        str(i) for i in range(25)]
+        str(i) for i in range(25)
+    ]
 
 
 def test_a_repeated_cursor_is_invalid():
     def handler(request):
-        return httpx2.Response(200, json={"data": {"users": {
-            "page_info": {"has_next_page": True, "end_cursor": "same"}, "nodes": [{"id": "1"}]}}})
+        return httpx2.Response(
+            200,
+            json={
+                "data": {
+                    "users": {
+                        "page_info": {"has_next_page": True, "end_cursor": "same"},
+                        "nodes": [{"id": "1"}],
+                    }
+                }
+            },
+        )
 
     with pytest.raises(InvalidResponse, match="repeated"):
         collect(make(handler), GraphQLRequest(operations.load("sweep_users")), "users")
@@ -121,21 +148,56 @@ def test_a_repeated_cursor_is_invalid():
 def test_webhook_health_reports_disabled_and_failing_hooks():
     fake = FakeConnections(
         webhooks=[
-            {"id": "1", "url": "https://a/hook", "is_enabled": True, "should_retry": True,
-             "warned_at": None, "event_type": None,
-             "webhook_events": [{"event_type": "PATIENT_UPDATED"}]},
-            {"id": "2", "url": "https://b/hook", "is_enabled": False, "should_retry": True,
-             "warned_at": at(1), "event_type": "APPOINTMENT_UPDATED", "webhook_events": []},
-            {"id": "3", "url": "https://c/hook", "is_enabled": True, "should_retry": False,
-             "warned_at": None, "event_type": None, "webhook_events": []},
+            {
+                "id": "1",
+                "url": "https://a/hook",
+                "is_enabled": True,
+                "should_retry": True,
+                "warned_at": None,
+                "event_type": None,
+                "webhook_events": [{"event_type": "PATIENT_UPDATED"}],
+            },
+            {
+                "id": "2",
+                "url": "https://b/hook",
+                "is_enabled": False,
+                "should_retry": True,
+                "warned_at": at(1),
+                "event_type": "APPOINTMENT_UPDATED",
+                "webhook_events": [],
+            },
+            {
+                "id": "3",
+                "url": "https://c/hook",
+                "is_enabled": True,
+                "should_retry": False,
+                "warned_at": None,
+                "event_type": None,
+                "webhook_events": [],
+            },
         ],
         sentWebhooks=[
-            {"id": "s1", "webhook_id": "1", "created_at": at(10), "http_response_status": "500",
-             "url": "https://a/hook"},
-            {"id": "s2", "webhook_id": "1", "created_at": at(5), "http_response_status": "502",
-             "url": "https://a/hook"},
-            {"id": "s3", "webhook_id": None, "created_at": at(3), "http_response_status": None,
-             "url": "https://gone/hook"},
+            {
+                "id": "s1",
+                "webhook_id": "1",
+                "created_at": at(10),
+                "http_response_status": "500",
+                "url": "https://a/hook",
+            },
+            {
+                "id": "s2",
+                "webhook_id": "1",
+                "created_at": at(5),
+                "http_response_status": "502",
+                "url": "https://a/hook",
+            },
+            {
+                "id": "s3",
+                "webhook_id": None,
+                "created_at": at(3),
+                "http_response_status": None,
+                "url": "https://gone/hook",
+            },
         ],
     )
     statuses = webhook_health(make(fake), since=T0)
@@ -156,7 +218,7 @@ def test_webhook_health_reports_disabled_and_failing_hooks():
 @pytest.mark.e2e
 def test_sweep_and_webhook_health_against_the_sandbox_server():
     from app.healthie.client import HealthieClient
-    from app.serving import serve_in_thread
+    from app.service.serving import serve_in_thread
     from sandbox.core import Sandbox
     from sandbox.server import create_app
 
@@ -165,7 +227,8 @@ def test_sweep_and_webhook_health_against_the_sandbox_server():
     since = sandbox.clock
     sandbox.update_client(ids[3], first_name="Changed")
     appointment = sandbox.create_appointment(
-        ids[7], suppress_webhooks=True, date="2026-11-20 10:00:00 +0000").subject_id
+        ids[7], suppress_webhooks=True, date="2026-11-20 10:00:00 +0000"
+    ).subject_id
     tag = sandbox.create_tag("swept")
     sandbox.apply_tag(ids[9], tag.id)
     until = sandbox.clock

@@ -1,7 +1,7 @@
 """Webhook lifecycle against the real sandbox over HTTP: register, drift, fix, test, rotate, warn.
 
 The sandbox serves Healthie's webhook queries and mutations; the receiver is the engine's own
-app (``app.main.create_app``) with the demo integration, both on loopback.
+app (``app.api.app.create_app``) with the demo integration, both on loopback.
 """
 
 from __future__ import annotations
@@ -11,18 +11,12 @@ from datetime import timedelta
 import httpx2
 import pytest
 
-from app import lifecycle
-from app.errors import ConfigurationError, FatalError
-from app.events import (
-    APPLIED_TAG_EVENTS,
-    APPOINTMENT_EVENTS,
-    DEFAULT_PATIENT_SCOPED,
-    PATIENT_EVENTS,
-    WebhookPayload,
-    resolve_event,
-)
+from app.api.app import create_app as engine_app
+from app.core.errors import ConfigurationError, FatalError
+from app.healthie import registration as lifecycle
 from app.healthie.client import HealthieClient
-from app.lifecycle import (
+from app.healthie.registration.remote import enum_name, fingerprint
+from app.healthie.registration.status import (
     PlannedStep,
     WebhookPlan,
     apply_plan,
@@ -38,9 +32,15 @@ from app.lifecycle import (
     webhook_warnings,
     webhooks_sync,
 )
-from app.lifecycle_common import enum_name, fingerprint
-from app.main import create_app as engine_app
-from app.serving import serve_in_thread
+from app.intake.events import (
+    APPLIED_TAG_EVENTS,
+    APPOINTMENT_EVENTS,
+    DEFAULT_PATIENT_SCOPED,
+    PATIENT_EVENTS,
+    WebhookPayload,
+    resolve_event,
+)
+from app.service.serving import serve_in_thread
 from sandbox.core import DEFAULT_NOW, Sandbox
 from sandbox.server import create_app as sandbox_app
 from tests.helpers import demo_runtime
@@ -88,8 +88,9 @@ def test_needed_events_are_the_receivers_events_plus_extras_never_clinical(integ
     assert needed == DEFAULTS | {"patient.merged", "task.created"}
     # every subscribed event is one the receiver turns into work (none would be "ignored")
     for event in needed:
-        payload = WebhookPayload(resource_id="1", resource_id_type="User", event_type=event,
-                                 user_id="2")
+        payload = WebhookPayload(
+            resource_id="1", resource_id_type="User", event_type=event, user_id="2"
+        )
         assert resolve_event("demo-clinic", payload, DEFAULT_NOW, frozenset(["task.created"]))
 
 
@@ -145,12 +146,17 @@ def test_drift_is_reported_and_fixed_and_other_urls_are_left_alone(healthie, san
 
     actions = apply_plan(healthie, status.plan)
     assert [(a.kind, a.webhook_id, a.ok) for a in actions] == [
-        ("update", ours.id, True), ("delete", duplicate.id, True)]
+        ("update", ours.id, True),
+        ("delete", duplicate.id, True),
+    ]
     assert ours.is_enabled
     assert ours.event_types == {enum_name(e) for e in needed_events(integration)}
     assert set(sandbox.emitter.webhooks) == {ours.id, stray.id}
     assert (stray.url, stray.event_types, stray.is_enabled) == (
-        "https://other.example/hook", frozenset({"PATIENT_UPDATED"}), True)
+        "https://other.example/hook",
+        frozenset({"PATIENT_UPDATED"}),
+        True,
+    )
 
     assert webhooks_sync(healthie, integration, BASE) == []  # idempotent
     assert webhook_status(healthie, integration, BASE, since=SINCE).warnings == []
@@ -165,8 +171,11 @@ def test_refusals_in_messages_become_errors(healthie):
     bad_url = plan_webhooks([], "ftp://engine.example/webhooks/healthie/x", {"patient.updated"})
     with pytest.raises(ConfigurationError, match="Url is invalid"):
         apply_plan(healthie, bad_url)
-    gone = WebhookPlan(url="https://engine.example/x", needed=[], steps=[
-        PlannedStep(kind="update", webhook_id="424242", enable=True)])
+    gone = WebhookPlan(
+        url="https://engine.example/x",
+        needed=[],
+        steps=[PlannedStep(kind="update", webhook_id="424242", enable=True)],
+    )
     with pytest.raises(FatalError, match="webhook 424242.*Webhook not found"):
         apply_plan(healthie, gone)
 
@@ -183,7 +192,10 @@ def test_test_webhook_reaches_the_engine_and_verifies(healthie, sandbox, runtime
     assert test.since is not None
     assert test.known_ids
     assert (arrival.verdict, arrival.source, arrival.http_status) == (
-        "verified", "sentWebhooks", "202")
+        "verified",
+        "sentWebhooks",
+        "202",
+    )
     assert arrival.ok
     assert arrival.receiver_delta == {"ignored": 1}
     assert first.ok
@@ -201,8 +213,13 @@ def test_test_webhook_with_the_wrong_secret_is_refused(tmp_path, healthie, sandb
             test = send_test(healthie, created.webhook_id, receiver_url=base)
             arrival = confirm_arrival(healthie, test, receiver_url=base, timeout=5, interval=0.05)
             url = engine_webhook_url(base, integration.id)
-            warnings = webhook_warnings(healthie, integration, url=url, since=SINCE,
-                                        accepted_secrets=runtime.webhook_secrets(integration.id))
+            warnings = webhook_warnings(
+                healthie,
+                integration,
+                url=url,
+                since=SINCE,
+                accepted_secrets=runtime.webhook_secrets(integration.id),
+            )
     finally:
         runtime.close()
     assert not test.sent
@@ -257,13 +274,18 @@ def test_rotation_accepts_new_secret_only_once_its_ref_is_configured(
         assert check(base, wid) == "signature_refused"  # only the old ref configured
 
         runtime.secrets.set(new_ref, new_secret)
-        runtime.integrations[integration.id] = integration.model_copy(update={
-            "healthie": integration.healthie.model_copy(
-                update={"webhook_secrets": [old_ref, new_ref]})})
+        runtime.integrations[integration.id] = integration.model_copy(
+            update={
+                "healthie": integration.healthie.model_copy(
+                    update={"webhook_secrets": [old_ref, new_ref]}
+                )
+            }
+        )
         runtime.reload_secrets()
         assert check(base, wid) == "verified"  # both refs: the new signature verifies
-        replay = http.post(signed_with_old.url, content=signed_with_old.body,
-                           headers=signed_with_old.headers)
+        replay = http.post(
+            signed_with_old.url, content=signed_with_old.body, headers=signed_with_old.headers
+        )
         assert replay.status_code == 202  # ...and so does one signed before the expiry
 
     steps = rotation_steps(integration, [wid], new_ref=new_ref, base="https://engine.example")

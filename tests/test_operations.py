@@ -26,8 +26,15 @@ def _documents() -> dict[str, str]:
 def test_every_operation_validates_against_the_published_schema(healthie_schema: GraphQLSchema):
     documents = _documents()
     assert problems_against(healthie_schema, documents) == {}
-    assert {"entry", "appointment_patients_batch", "sweep_users", "sweep_appointments",
-            "sweep_applied_tags", "webhooks", "failed_webhooks"} <= set(documents)
+    assert {
+        "entry",
+        "appointment_patients_batch",
+        "sweep_users",
+        "sweep_appointments",
+        "sweep_applied_tags",
+        "webhooks",
+        "failed_webhooks",
+    } <= set(documents)
 
 
 def test_entry_never_reaches_notes_or_clinical_documentation(healthie_schema: GraphQLSchema):
@@ -38,7 +45,7 @@ def test_entry_never_reaches_notes_or_clinical_documentation(healthie_schema: Gr
 
 
 def test_exclusion_walk_catches_a_forbidden_selection(healthie_schema: GraphQLSchema):
-    bad = "query Q { user(id: \"1\") { id form_answer_groups { id } } }"
+    bad = 'query Q { user(id: "1") { id form_answer_groups { id } } }'
     (found,) = forbidden_selections(healthie_schema, bad)
     assert found.path == "Q.user.form_answer_groups"
     assert "FormAnswerGroup" in found.types

@@ -10,11 +10,11 @@ import httpx2
 import pytest
 from graphql import introspection_from_schema
 
-from app.errors import ConfigurationError
+from app.core.errors import ConfigurationError
 from app.healthie.selection import schema_from_file
-from app.preflight import preflight
-from app.secrets import MemorySecretStore
-from app.serving import serve_in_thread
+from app.secrets.stores import MemorySecretStore
+from app.service.preflight import preflight
+from app.service.serving import serve_in_thread
 from sandbox.core import Sandbox
 from sandbox.executable import SCHEMA_PATH
 from sandbox.server import create_app as sandbox_app
@@ -53,8 +53,10 @@ def test_refuses_to_start_when_an_operation_no_longer_validates(tmp_path):
 
 def test_missing_secrets_are_reported_and_skip_the_schema_check(tmp_path):
     calls: list[httpx2.Request] = []
-    rt = demo_runtime(tmp_path, http_transport=httpx2.MockTransport(
-        lambda r: calls.append(r) or httpx2.Response(500)))
+    rt = demo_runtime(
+        tmp_path,
+        http_transport=httpx2.MockTransport(lambda r: calls.append(r) or httpx2.Response(500)),
+    )
     rt.secrets = MemorySecretStore({})
     warnings = preflight(rt)
     assert warnings

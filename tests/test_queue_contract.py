@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.errors import ConfigurationError, QueueUnavailable
+from app.core.errors import ConfigurationError, QueueUnavailable
 from app.queue.base import Message, Queue, SubscriptionSpec
 from app.queue.pubsub import PubSubQueue, filter_expression
 from app.queue.sqlite import SqliteQueue
@@ -75,22 +75,36 @@ def env(request: pytest.FixtureRequest, tmp_path) -> Iterator[Env]:
     if request.param == "pubsub":
         request.getfixturevalue("pubsub_emulator")
         queue = PubSubQueue(project=PROJECT, publish_timeout=10.0)
-        facts = dict(lease_seconds=10, max_attempts=5, counts_without_dead_letter_policy=False,
-                     dead_letter_source_key="CloudPubSubDeadLetterSourceSubscription")
+        facts = dict(
+            lease_seconds=10,
+            max_attempts=5,
+            counts_without_dead_letter_policy=False,
+            dead_letter_source_key="CloudPubSubDeadLetterSourceSubscription",
+        )
     else:
         queue = SqliteQueue(":memory:" if request.param == "sqlite-memory" else tmp_path / "q.db")
-        facts = dict(lease_seconds=REQUESTED_LEASE, max_attempts=REQUESTED_ATTEMPTS,
-                     counts_without_dead_letter_policy=True,
-                     dead_letter_source_key="dead_letter_source_subscription")
+        facts = dict(
+            lease_seconds=REQUESTED_LEASE,
+            max_attempts=REQUESTED_ATTEMPTS,
+            counts_without_dead_letter_policy=True,
+            dead_letter_source_key="dead_letter_source_subscription",
+        )
     e = Env(queue=queue, backend=request.param, suffix=suffix, **facts)
     queue.ensure_topic(e.topic)
     queue.ensure_topic(e.dlq_topic)
     queue.ensure_subscription(SubscriptionSpec(name=e.dlq, topic=e.dlq_topic))
-    queue.ensure_subscription(SubscriptionSpec(
-        name=e.all, topic=e.topic, ack_deadline_seconds=REQUESTED_LEASE,
-        max_delivery_attempts=REQUESTED_ATTEMPTS, dead_letter_topic=e.dlq_topic))
     queue.ensure_subscription(
-        SubscriptionSpec(name=e.daily, topic=e.topic, filter={"cadence": "daily"}))
+        SubscriptionSpec(
+            name=e.all,
+            topic=e.topic,
+            ack_deadline_seconds=REQUESTED_LEASE,
+            max_delivery_attempts=REQUESTED_ATTEMPTS,
+            dead_letter_topic=e.dlq_topic,
+        )
+    )
+    queue.ensure_subscription(
+        SubscriptionSpec(name=e.daily, topic=e.topic, filter={"cadence": "daily"})
+    )
     yield e
     queue.close()
 
@@ -189,7 +203,8 @@ def test_ensure_is_idempotent_and_unknown_names_fail(env):
     q.ensure_topic(env.topic)
     q.ensure_subscription(SubscriptionSpec(name=env.all, topic=env.topic))
     q.ensure_subscription(
-        SubscriptionSpec(name=env.daily, topic=env.topic, filter={"cadence": "daily"}))
+        SubscriptionSpec(name=env.daily, topic=env.topic, filter={"cadence": "daily"})
+    )
     q.publish(env.topic, b"still-filtered", {"cadence": "hourly"})
     assert q.pull(env.daily) == []
     with pytest.raises(ConfigurationError):
@@ -245,9 +260,16 @@ def test_pubsub_specs_are_clamped_to_pubsub_limits():
     try:
         q.ensure_topic(f"t-{suffix}")
         q.ensure_topic(f"dlq-{suffix}")
-        q.ensure_subscription(SubscriptionSpec(
-            name=f"s-{suffix}", topic=f"t-{suffix}", ack_deadline_seconds=1,
-            max_delivery_attempts=2, dead_letter_topic=f"dlq-{suffix}", retention_seconds=60))
+        q.ensure_subscription(
+            SubscriptionSpec(
+                name=f"s-{suffix}",
+                topic=f"t-{suffix}",
+                ack_deadline_seconds=1,
+                max_delivery_attempts=2,
+                dead_letter_topic=f"dlq-{suffix}",
+                retention_seconds=60,
+            )
+        )
         sub = raw.get_subscription(subscription=f"projects/{PROJECT}/subscriptions/s-{suffix}")
         assert sub.ack_deadline_seconds == 10
         assert sub.dead_letter_policy.max_delivery_attempts == 5
@@ -269,8 +291,9 @@ def test_pubsub_quoted_filter_is_accepted_and_applied():
     try:
         q.ensure_topic(f"t-{suffix}")
         wanted = {"odd key": 'say "hi" \\ there', "cadence": "daily"}
-        q.ensure_subscription(SubscriptionSpec(name=f"s-{suffix}", topic=f"t-{suffix}",
-                                               filter=wanted))
+        q.ensure_subscription(
+            SubscriptionSpec(name=f"s-{suffix}", topic=f"t-{suffix}", filter=wanted)
+        )
         q.publish(f"t-{suffix}", b"no", {"odd key": "say hi", "cadence": "daily"})
         q.publish(f"t-{suffix}", b"yes", wanted)
         assert [m.data for m in pull_n(q, f"s-{suffix}", 1)] == [b"yes"]
@@ -292,11 +315,14 @@ def test_pubsub_emulator_applies_subscription_filters_itself():
     path = f"projects/{PROJECT}/subscriptions/s-{suffix}"
     try:
         q.ensure_topic(f"t-{suffix}")
-        q.ensure_subscription(SubscriptionSpec(name=f"s-{suffix}", topic=f"t-{suffix}",
-                                               filter={"cadence": "daily"}))
+        q.ensure_subscription(
+            SubscriptionSpec(name=f"s-{suffix}", topic=f"t-{suffix}", filter={"cadence": "daily"})
+        )
         assert raw.get_subscription(subscription=path).filter == 'attributes.cadence = "daily"'
-        q.publish_many(f"t-{suffix}", [(b"hourly", {"cadence": "hourly"}),
-                                       (b"daily", {"cadence": "daily"}), (b"none", {})])
+        q.publish_many(
+            f"t-{suffix}",
+            [(b"hourly", {"cadence": "hourly"}), (b"daily", {"cadence": "daily"}), (b"none", {})],
+        )
         seen: list[bytes] = []
         until = time.monotonic() + 5
         while time.monotonic() < until:
@@ -313,8 +339,10 @@ def test_pubsub_emulator_applies_subscription_filters_itself():
             # is present (so this is not a missing service that should fail CI): it is a known
             # emulator limitation, and PubSubQueue.pull enforces the filter itself (tested by
             # the contract tests above on this same emulator).
-            pytest.skip(f"this Pub/Sub emulator does not apply subscription filters (it "
-                        f"delivered {sorted(seen)} through cadence=daily); needs Cloud SDK >= 555")
+            pytest.skip(
+                f"this Pub/Sub emulator does not apply subscription filters (it "
+                f"delivered {sorted(seen)} through cadence=daily); needs Cloud SDK >= 555"
+            )
     finally:
         raw.close()
         q.close()
@@ -338,8 +366,13 @@ def test_pubsub_close_is_final_and_leaves_injected_clients_open():
         with pytest.raises(QueueUnavailable):
             q.pull(f"s-{suffix}")
         publisher.publish(f"projects/{PROJECT}/topics/t-{suffix}", b"x").result(timeout=10)
-        reply = subscriber.pull(request={"subscription": f"projects/{PROJECT}/subscriptions/"
-                                         f"s-{suffix}", "max_messages": 1}, timeout=5)
+        reply = subscriber.pull(
+            request={
+                "subscription": f"projects/{PROJECT}/subscriptions/s-{suffix}",
+                "max_messages": 1,
+            },
+            timeout=5,
+        )
         assert [r.message.data for r in reply.received_messages] == [b"x"]
     finally:
         publisher.stop()
@@ -370,8 +403,12 @@ def test_pubsub_unreachable_server_is_queue_unavailable(monkeypatch):
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{port}")
     q = PubSubQueue(project=PROJECT, publish_timeout=1.0)
     try:
-        for call in (lambda: q.publish("t", b"x"), lambda: q.pull("s"),
-                     lambda: q.ack("s", ["a"]), lambda: q.ensure_topic("t")):
+        for call in (
+            lambda: q.publish("t", b"x"),
+            lambda: q.pull("s"),
+            lambda: q.ack("s", ["a"]),
+            lambda: q.ensure_topic("t"),
+        ):
             started = time.monotonic()
             with pytest.raises(QueueUnavailable):
                 call()

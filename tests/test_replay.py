@@ -20,8 +20,8 @@ from tests.backends import (  # noqa: F401 - the fixtures
 )
 from tests.helpers import demo_runtime
 from tests.test_workers import FakeHealthie, work
+from workers.consumer import drain
 from workers.replay import ReplayFilter, list_dead_letters, replay
-from workers.subscriber import drain
 
 
 @pytest.fixture
@@ -31,14 +31,18 @@ def fake():
 
 @pytest.fixture
 def runtime(tmp_path, fake, backend):
-    rt = demo_runtime(tmp_path, http_transport=httpx2.MockTransport(fake),
-                      queue=backend.make_queue(), state=backend.make_state())
+    rt = demo_runtime(
+        tmp_path,
+        http_transport=httpx2.MockTransport(fake),
+        queue=backend.make_queue(),
+        state=backend.make_state(),
+    )
     yield rt
     rt.close()
 
 
 def _fail_writes(runtime, monkeypatch):
-    from app.errors import TargetRejected
+    from app.core.errors import TargetRejected
 
     warehouse = runtime.connectors("demo-clinic")["warehouse"]
 
@@ -50,7 +54,8 @@ def _fail_writes(runtime, monkeypatch):
 
 
 def test_failed_write_dead_letters_with_its_plan_and_replays_without_the_agent(
-        runtime, fake, monkeypatch):
+    runtime, fake, monkeypatch
+):
     _fail_writes(runtime, monkeypatch)
     work(runtime, "1", "2")
     assert drain(runtime).dead_lettered == 2
@@ -68,8 +73,9 @@ def test_failed_write_dead_letters_with_its_plan_and_replays_without_the_agent(
 
     preview = replay(runtime.queue, ReplayFilter(integration_id="demo-clinic"), preview=True)
     assert (preview.replayed, len(preview.selected)) == (0, 2)
-    report = replay(runtime.queue, ReplayFilter(integration_id="demo-clinic"), preview=False,
-                    rate_per_second=0)
+    report = replay(
+        runtime.queue, ReplayFilter(integration_id="demo-clinic"), preview=False, rate_per_second=0
+    )
     assert report.replayed == 2
     assert runtime.queue.pull(WORK_DLQ_SUBSCRIPTION) == []
     if hasattr(runtime.queue, "depth"):  # SQLite can say what is held, leased or not
@@ -93,10 +99,13 @@ def test_filters_select_by_patient_kind_and_time(runtime, fake, monkeypatch):
     drain(runtime)
     everything = list_dead_letters(runtime.queue)
     assert len(everything) == 4
-    assert [d.patient_id for d in list_dead_letters(
-        runtime.queue, ReplayFilter(error_kind="invalid_response"))] == ["4"]
-    assert [d.patient_id for d in list_dead_letters(
-        runtime.queue, ReplayFilter(patient_id="2"))] == ["2"]
+    assert [
+        d.patient_id
+        for d in list_dead_letters(runtime.queue, ReplayFilter(error_kind="invalid_response"))
+    ] == ["4"]
+    assert [
+        d.patient_id for d in list_dead_letters(runtime.queue, ReplayFilter(patient_id="2"))
+    ] == ["2"]
     future = datetime.now(UTC) + timedelta(hours=1)
     assert list_dead_letters(runtime.queue, ReplayFilter(since=future)) == []
     report = replay(runtime.queue, ReplayFilter(patient_id="3"), preview=False, rate_per_second=0)
@@ -109,10 +118,11 @@ def test_filters_select_by_patient_kind_and_time(runtime, fake, monkeypatch):
 def test_ops_endpoints_need_auth_and_replay(tmp_path, fake, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from app.main import create_app
+    from app.api.app import create_app
 
-    rt = demo_runtime(tmp_path, http_transport=httpx2.MockTransport(fake),
-                      flush_token="operator-token-123")
+    rt = demo_runtime(
+        tmp_path, http_transport=httpx2.MockTransport(fake), flush_token="operator-token-123"
+    )
     client = TestClient(create_app(rt))
     auth = {"Authorization": "Bearer operator-token-123"}
     assert client.get("/ops/runs").status_code == 401
@@ -125,8 +135,11 @@ def test_ops_endpoints_need_auth_and_replay(tmp_path, fake, monkeypatch):
     assert (dead["patient_id"], dead["error_kind"]) == ("1", "invalid_response")
     preview = client.post("/ops/replay", json={"patient": "1"}, headers=auth).json()
     assert (preview["preview"], preview["replayed"], len(preview["selected"])) == (True, 0, 1)
-    done = client.post("/ops/replay", json={"patient": "1", "preview": False,
-                                            "rate_per_second": 1000}, headers=auth).json()
+    done = client.post(
+        "/ops/replay",
+        json={"patient": "1", "preview": False, "rate_per_second": 1000},
+        headers=auth,
+    ).json()
     assert done["replayed"] == 1
     assert client.get("/ops/runs", headers=auth).status_code == 200
     rt.close()
@@ -134,17 +147,27 @@ def test_ops_endpoints_need_auth_and_replay(tmp_path, fake, monkeypatch):
 
 def test_queue_forwarded_dead_letters_show_attempts_and_time():
     """Dead letters the queue forwarded itself (no worker stamp) still list usefully."""
-    from app.models import WorkItem
+    from app.core.models import WorkItem
     from app.queue.base import Message
     from workers.replay import _describe
 
-    item = WorkItem(integration_id="demo-clinic", patient_id="7", flush_id="f",
-                    dirty_since=datetime.now(UTC))
+    item = WorkItem(
+        integration_id="demo-clinic", patient_id="7", flush_id="f", dirty_since=datetime.now(UTC)
+    )
     published = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-    for attrs in ({"dead_letter_delivery_attempts": "5"},
-                  {"CloudPubSubDeadLetterSourceDeliveryCount": "5"}):
-        dead, _ = _describe(Message(message_id="m", data=item.model_dump_json().encode(),
-                                    attributes=attrs, ack_id="a", delivery_attempt=1,
-                                    publish_time=published))
+    for attrs in (
+        {"dead_letter_delivery_attempts": "5"},
+        {"CloudPubSubDeadLetterSourceDeliveryCount": "5"},
+    ):
+        dead, _ = _describe(
+            Message(
+                message_id="m",
+                data=item.model_dump_json().encode(),
+                attributes=attrs,
+                ack_id="a",
+                delivery_attempt=1,
+                publish_time=published,
+            )
+        )
         assert (dead.delivery_attempt, dead.dead_lettered_at) == (5, published)
         assert ReplayFilter(since=published - timedelta(minutes=1)).matches(dead)

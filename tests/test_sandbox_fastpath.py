@@ -82,9 +82,11 @@ def _selection(rng: random.Random, owner: GraphQLObjectType, depth: int) -> str:
         if isinstance(inner, GraphQLObjectType):
             if depth >= 3:
                 continue
-            parts.append(f"{alias}{name} {{ id {_selection(rng, inner, depth + 1)} }}"
-                         if "id" in inner.fields else
-                         f"{alias}{name} {{ {_selection(rng, inner, depth + 1)} }}")
+            parts.append(
+                f"{alias}{name} {{ id {_selection(rng, inner, depth + 1)} }}"
+                if "id" in inner.fields
+                else f"{alias}{name} {{ {_selection(rng, inner, depth + 1)} }}"
+            )
         else:
             parts.append(alias + name)
     if rng.random() < 0.3:
@@ -96,8 +98,11 @@ ROOTS = (
     ("user(id: $id)", "User"),
     ("appointment(id: $id, include_deleted: $flag)", "Appointment"),
     ("users(first: $first, after: $after, order_by: $order) { nodes", "User"),
-    ("appointments(first: $first, is_org: true, filter: \"all\", order_by: UPDATED_AT_DESC) "
-     "{ nodes", "Appointment"),
+    (
+        'appointments(first: $first, is_org: true, filter: "all", order_by: UPDATED_AT_DESC) '
+        "{ nodes",
+        "Appointment",
+    ),
     ("appliedTags(first: $first) { nodes", "AppliedTag"),
     ("tags", "Tag"),
     ("currentUser", "User"),
@@ -138,7 +143,7 @@ def test_random_queries_match_graphql_core(sb: Sandbox) -> None:
 
 def test_unusual_operations_are_left_to_graphql_core() -> None:
     for query in (
-        "mutation { createTag(input: {name: \"x\"}) { tag { id } } }",
+        'mutation { createTag(input: {name: "x"}) { tag { id } } }',
         "query($s: Boolean!) { currentUser { id @include(if: $s) } }",
         "{ __schema { queryType { name } } }",
     ):

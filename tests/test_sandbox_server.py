@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from app.serving import serve_in_thread
+from app.service.serving import serve_in_thread
 from sandbox.core import Sandbox
 from sandbox.faults import FaultConfig
 from sandbox.server import create_app

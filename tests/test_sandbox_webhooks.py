@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.serving import serve_in_thread
+from app.service.serving import serve_in_thread
 from sandbox.changes import ValidationFailed
 from sandbox.core import Sandbox
 

@@ -7,18 +7,21 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.models import Cadence
-from app.scheduler import EmbeddedScheduler, next_fire
+from app.core.models import Cadence
+from app.service.scheduler import EmbeddedScheduler, next_fire
 
 T = datetime(2026, 11, 18, 10, 30, tzinfo=UTC)  # a Wednesday
 
 
-@pytest.mark.parametrize(("cadence", "expected"), [
-    (Cadence.HOURLY, datetime(2026, 11, 18, 11, 0, tzinfo=UTC)),
-    (Cadence.EVERY_6_HOURS, datetime(2026, 11, 18, 12, 0, tzinfo=UTC)),
-    (Cadence.DAILY, datetime(2026, 11, 19, 3, 0, tzinfo=UTC)),
-    (Cadence.WEEKLY, datetime(2026, 11, 23, 4, 0, tzinfo=UTC)),
-])
+@pytest.mark.parametrize(
+    ("cadence", "expected"),
+    [
+        (Cadence.HOURLY, datetime(2026, 11, 18, 11, 0, tzinfo=UTC)),
+        (Cadence.EVERY_6_HOURS, datetime(2026, 11, 18, 12, 0, tzinfo=UTC)),
+        (Cadence.DAILY, datetime(2026, 11, 19, 3, 0, tzinfo=UTC)),
+        (Cadence.WEEKLY, datetime(2026, 11, 23, 4, 0, tzinfo=UTC)),
+    ],
+)
 def test_next_fire(cadence, expected):
     assert next_fire(cadence, T) == expected
     assert next_fire(cadence, expected - timedelta(microseconds=1)) == expected
@@ -26,8 +29,9 @@ def test_next_fire(cadence, expected):
 
 
 def test_every_six_hours_and_weekly_boundaries():
-    assert next_fire(Cadence.EVERY_6_HOURS, datetime(2026, 11, 18, 23, 59, tzinfo=UTC)) == \
-        datetime(2026, 11, 19, 0, 0, tzinfo=UTC)
+    assert next_fire(Cadence.EVERY_6_HOURS, datetime(2026, 11, 18, 23, 59, tzinfo=UTC)) == datetime(
+        2026, 11, 19, 0, 0, tzinfo=UTC
+    )
     monday_early = datetime(2026, 11, 23, 3, 59, tzinfo=UTC)
     assert next_fire(Cadence.WEEKLY, monday_early) == datetime(2026, 11, 23, 4, 0, tzinfo=UTC)
 

@@ -10,7 +10,7 @@ import json
 import pytest
 from starlette.datastructures import Headers
 
-from app.signature import body_digest_matches, verify_healthie_signature
+from app.intake.signature import body_digest_matches, verify_healthie_signature
 
 
 def _vectors(shared_dir):
@@ -44,8 +44,11 @@ def _sign(secret: str, body: bytes, path: str = "/p", query: str = "") -> dict[s
     length = len(body.decode().encode("utf-16-le")) // 2
     data = f"post {path} {query} {digest} application/json {length}"
     mac = hmac.new(secret.encode(), data.encode(), hashlib.sha256).hexdigest()
-    return {"content-digest": f"SHA-256={digest}", "signature": f"sig1={mac}",
-            "content-type": "application/json"}
+    return {
+        "content-digest": f"SHA-256={digest}",
+        "signature": f"sig1={mac}",
+        "content-type": "application/json",
+    }
 
 
 def test_rotation_accepts_old_and_new_secret_and_nothing_else():
@@ -56,8 +59,12 @@ def test_rotation_accepts_old_and_new_secret_and_nothing_else():
             secrets=["old", "new"], method="POST", path="/p", query="", headers=headers, body=body
         )
     assert not verify_healthie_signature(
-        secrets=["new"], method="POST", path="/p", query="",
-        headers=Headers(_sign("old", body)), body=body,
+        secrets=["new"],
+        method="POST",
+        path="/p",
+        query="",
+        headers=Headers(_sign("old", body)),
+        body=body,
     )
 
 

@@ -22,13 +22,13 @@ from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
 
-from app.errors import (
+from app.core.errors import (
     ConfigurationError,
     FatalError,
     RateLimited,
     UpstreamUnavailable,
 )
-from app.models import Cadence, Counts, RunRecord, WriteOperation, WritePlan
+from app.core.models import Cadence, Counts, RunRecord, WriteOperation, WritePlan
 from app.state.base import AuditRecord, PatientState, PendingPatient
 from app.state.firestore import FirestoreStateStore, convert_error
 from app.state.sqlite import SqliteStateStore
@@ -144,11 +144,16 @@ def test_patient_is_none_before_first_put_then_round_trips(store):
 
 
 def test_put_replaces_the_whole_previous_state(store):
-    plan = WritePlan(patient_id="1001", operations=(WriteOperation(target="w", operation="o",
-                                                                   args={"a": 1}),))
+    plan = WritePlan(
+        patient_id="1001", operations=(WriteOperation(target="w", operation="o", args={"a": 1}),)
+    )
     store.put_patient(patient(entry={"id": "1001", "old": "x"}, plan=plan))
-    newer = patient(content_hash="sha256:bb", entry={"id": "1001"}, outcome="plan_skipped",
-                    updated_at=T0 + timedelta(hours=1))
+    newer = patient(
+        content_hash="sha256:bb",
+        entry={"id": "1001"},
+        outcome="plan_skipped",
+        updated_at=T0 + timedelta(hours=1),
+    )
     store.put_patient(newer)
     assert store.get_patient("clinic-a", "1001") == newer
 
@@ -215,12 +220,14 @@ def test_runs_list_most_recent_first_with_updates_limit_and_filter(store):
     other = run("r4", integration_id="clinic-b", minutes=30)
     for r in (first, third, second, other):
         store.save_run(r)
-    finished = first.model_copy(update={
-        "status": "finished",
-        "finished_at": T0 + timedelta(minutes=5),
-        "patients": 2,
-        "counts": Counts(processed=2, writes=3),
-    })
+    finished = first.model_copy(
+        update={
+            "status": "finished",
+            "finished_at": T0 + timedelta(minutes=5),
+            "patients": 2,
+            "counts": Counts(processed=2, writes=3),
+        }
+    )
     store.save_run(finished)
 
     assert store.list_runs("clinic-a") == [third, second, finished]
@@ -272,8 +279,9 @@ def test_audit_lists_in_write_order_with_patient_filter(store):
         )
         for i in range(12)
     ]
-    foreign = AuditRecord(integration_id="clinic-b", patient_id="1001", run_id="run-x",
-                          at=T0, outcome="written")
+    foreign = AuditRecord(
+        integration_id="clinic-b", patient_id="1001", run_id="run-x", at=T0, outcome="written"
+    )
     for record in records[:6]:
         store.append_audit(record)
     store.append_audit(foreign)
@@ -291,8 +299,12 @@ def test_audit_lists_in_write_order_with_patient_filter(store):
 
 
 def pending(patient_id, minutes=0, *reasons, version=0) -> PendingPatient:
-    return PendingPatient(patient_id=patient_id, dirty_since=T0 + timedelta(minutes=minutes),
-                          reasons=list(reasons), version=version)
+    return PendingPatient(
+        patient_id=patient_id,
+        dirty_since=T0 + timedelta(minutes=minutes),
+        reasons=list(reasons),
+        version=version,
+    )
 
 
 def test_staging_keeps_earliest_since_unions_reasons_and_bumps_version(store):
@@ -308,8 +320,9 @@ def test_staging_keeps_earliest_since_unions_reasons_and_bumps_version(store):
     earlier = (T0 - timedelta(minutes=1)).astimezone(timezone(timedelta(hours=-5)))
     store.add_pending("clinic-a", [PendingPatient(patient_id="1002", dirty_since=earlier)])
     # One call naming a patient three times stages it three times.
-    store.add_pending("clinic-a", [pending("1003", 3, "b"), pending("1003", 1, "a"),
-                                   pending("1003", 2, "a")])
+    store.add_pending(
+        "clinic-a", [pending("1003", 3, "b"), pending("1003", 1, "a"), pending("1003", 2, "a")]
+    )
     store.add_pending("clinic-a", [])
     got = store.list_pending("clinic-a")
     assert got == [
@@ -343,7 +356,9 @@ def test_pending_lists_in_patient_id_string_order_page_by_page(store):
     assert [p.patient_id for p in store.list_pending("clinic-a", limit=3)] == expected[:3]
     # ``after`` need not be staged: "15" is followed by "150".
     assert [p.patient_id for p in store.list_pending("clinic-a", after="15", limit=2)] == [
-        "150", "1500"]
+        "150",
+        "1500",
+    ]
     assert store.list_pending("clinic-a", after=expected[-1]) == []
     assert store.list_pending("clinic-a", limit=0) == []
 
@@ -356,8 +371,10 @@ def test_pending_patients_never_mix_between_integrations(store):
     store.add_pending("clinic-b", [pending("1001", 5, "b"), pending("1002", 5, "b")])
     store.add_pending("clinic-a/pending", [pending("1001", 9, "path")])
     assert store.list_pending("clinic-a") == [pending("1001", 0, "a", version=1)]
-    assert store.list_pending("clinic-b") == [pending("1001", 5, "b", version=1),
-                                              pending("1002", 5, "b", version=1)]
+    assert store.list_pending("clinic-b") == [
+        pending("1001", 5, "b", version=1),
+        pending("1002", 5, "b", version=1),
+    ]
     assert store.list_pending("clinic-a/pending") == [pending("1001", 9, "path", version=1)]
     assert store.list_pending("clinic-c") == []
     store.remove_pending("clinic-b", [pending("1001", version=1)])
@@ -378,7 +395,8 @@ def test_remove_pending_keeps_patients_staged_again_after_listing(store):
     assert store.list_pending("clinic-a") == []
     store.add_pending("clinic-a", [pending("1001", 9, "again")])
     assert [(p.patient_id, p.reasons) for p in store.list_pending("clinic-a")] == [
-        ("1001", ["again"])]
+        ("1001", ["again"])
+    ]
 
 
 def test_no_staging_is_lost_while_other_processes_stage_and_publish(open_store):
@@ -573,8 +591,11 @@ def test_firestore_prefixes_keep_deployments_apart(firestore_pair):
     prod.put_patient(patient())
     prod.save_run(run("r1"))
     prod.set_watermark("clinic-a", "sweep", T0)
-    prod.append_audit(AuditRecord(integration_id="clinic-a", patient_id="1001", run_id="r1",
-                                  at=T0, outcome="written"))
+    prod.append_audit(
+        AuditRecord(
+            integration_id="clinic-a", patient_id="1001", run_id="r1", at=T0, outcome="written"
+        )
+    )
     assert staging.get_patient("clinic-a", "1001") is None
     assert staging.list_runs() == []
     assert staging.list_runs("clinic-a") == []
@@ -605,17 +626,25 @@ def test_firestore_datetimes_are_utc_and_runs_sort_by_instant(firestore_pair):
 
 
 def test_run_counts_add_up_from_several_writers(open_store):
-    from app.models import Cadence, Counts, RunRecord
+    from app.core.models import Cadence, Counts, RunRecord
 
     first, second = open_store(), open_store()
-    run = RunRecord(run_id="r1", integration_id="clinic-a", cadence=Cadence.DAILY,
-                    started_at=datetime(2026, 11, 1, tzinfo=UTC), patients=3)
+    run = RunRecord(
+        run_id="r1",
+        integration_id="clinic-a",
+        cadence=Cadence.DAILY,
+        started_at=datetime(2026, 11, 1, tzinfo=UTC),
+        patients=3,
+    )
     first.save_run(run)
     first.add_run_counts("clinic-a", "r1", Counts(processed=2, writes=5))
     second.add_run_counts("clinic-a", "r1", Counts(processed=1, skipped_unchanged=1))
     second.add_run_counts("clinic-a", "missing-run", Counts(processed=1))  # a no-op
     (stored,) = first.list_runs("clinic-a")
     assert (stored.counts.processed, stored.counts.writes, stored.counts.skipped_unchanged) == (
-        3, 5, 1)
+        3,
+        5,
+        1,
+    )
     assert stored.patients == 3
     assert [r.run_id for r in first.list_runs("clinic-a")] == ["r1"]

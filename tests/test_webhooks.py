@@ -10,9 +10,9 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from app.errors import QueueUnavailable
-from app.main import create_app
-from app.models import Cadence
+from app.api.app import create_app
+from app.core.errors import QueueUnavailable
+from app.core.models import Cadence
 from app.queue.topology import dirty_subscription
 from tests.helpers import demo_runtime
 
@@ -23,8 +23,11 @@ def signed(body: bytes, secret: str = "whsec_test", path: str = PATH, query: str
     digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
     data = f"post {path} {query} {digest} application/json {len(body)}"
     mac = hmac.new(secret.encode(), data.encode(), hashlib.sha256).hexdigest()
-    return {"Content-Type": "application/json", "Content-Digest": f"SHA-256={digest}",
-            "Signature": f"sig1={mac}"}
+    return {
+        "Content-Type": "application/json",
+        "Content-Digest": f"SHA-256={digest}",
+        "Signature": f"sig1={mac}",
+    }
 
 
 @pytest.fixture
@@ -40,8 +43,13 @@ def client(runtime):
 
 
 def body(**kw) -> bytes:
-    payload = {"resource_id": "42", "resource_id_type": "User",
-               "event_type": "patient.updated", "changed_fields": ["phone_number"], **kw}
+    payload = {
+        "resource_id": "42",
+        "resource_id_type": "User",
+        "event_type": "patient.updated",
+        "changed_fields": ["phone_number"],
+        **kw,
+    }
     return json.dumps(payload).encode()
 
 
@@ -126,7 +134,7 @@ def test_flush_route_needs_the_token(tmp_path):
 
 
 def test_missing_signing_secret_is_503_not_500(tmp_path):
-    from app.secrets import MemorySecretStore
+    from app.secrets.stores import MemorySecretStore
 
     rt = demo_runtime(tmp_path)
     rt.secrets = MemorySecretStore({})
@@ -143,8 +151,7 @@ def test_identical_deliveries_within_the_window_are_dropped_when_enabled(tmp_pat
     rt = demo_runtime(tmp_path, webhook_dedupe_seconds=1)
     c = TestClient(create_app(rt))
     b, other = body(), body(resource_id="43")
-    answers = [c.post(PATH, content=x, headers=signed(x)).json()["status"]
-               for x in (b, b, other)]
+    answers = [c.post(PATH, content=x, headers=signed(x)).json()["status"] for x in (b, b, other)]
     assert answers == ["accepted", "duplicate", "accepted"]
     time.sleep(1.1)  # the key expired: a later retry counts again
     assert c.post(PATH, content=b, headers=signed(b)).json()["status"] == "accepted"

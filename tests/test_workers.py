@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 import httpx2
 import pytest
 
-from app.models import Cadence, DirtyMark, SubjectKind, WorkItem
+from app.core.models import Cadence, DirtyMark, SubjectKind, WorkItem
 from app.queue.topology import DIRTY_TOPIC, WORK_DLQ_SUBSCRIPTION, WORK_SUBSCRIPTION, WORK_TOPIC
 from tests.helpers import demo_runtime
+from workers.consumer import drain
 from workers.flusher import flush
-from workers.subscriber import drain
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -21,8 +21,16 @@ class FakeHealthie:
     """Answers entry and appointment batches from a dict; scripted failures by status."""
 
     def __init__(self):
-        self.patients = {str(i): {"id": str(i), "first_name": f"P{i}", "active": True,
-                                  "active_tags": [], "appointments": []} for i in range(1, 6)}
+        self.patients = {
+            str(i): {
+                "id": str(i),
+                "first_name": f"P{i}",
+                "active": True,
+                "active_tags": [],
+                "appointments": [],
+            }
+            for i in range(1, 6)
+        }
         self.appointments = {"900": ["1", "2"]}
         self.fail_status: int | None = None
         self.requests = 0
@@ -36,17 +44,31 @@ class FakeHealthie:
         variables = body["variables"] or {}
         for root in ("users", "appointments", "appliedTags"):
             if body["query"].lstrip().startswith("query Sweep") and f"{root}(" in body["query"]:
-                return httpx2.Response(200, json={"data": {root: {
-                    "nodes": self.swept[root],
-                    "page_info": {"has_next_page": False, "end_cursor": None}}}})
+                return httpx2.Response(
+                    200,
+                    json={
+                        "data": {
+                            root: {
+                                "nodes": self.swept[root],
+                                "page_info": {"has_next_page": False, "end_cursor": None},
+                            }
+                        }
+                    },
+                )
         data = {}
         for i in range(len(variables)):
             ident = variables[f"id{i}"]
             if "AppointmentPatients" in body["query"]:
                 people = self.appointments.get(ident)
-                data[f"a{i}"] = None if people is None else {
-                    "id": ident, "user": {"id": people[0]},
-                    "attendees": [{"id": p} for p in people]}
+                data[f"a{i}"] = (
+                    None
+                    if people is None
+                    else {
+                        "id": ident,
+                        "user": {"id": people[0]},
+                        "attendees": [{"id": p} for p in people],
+                    }
+                )
             else:
                 data[f"p{i}"] = self.patients.get(ident)
         return httpx2.Response(200, json={"data": data})
@@ -59,29 +81,50 @@ def fake():
 
 @pytest.fixture
 def runtime(tmp_path, fake):
-    rt = demo_runtime(tmp_path, http_transport=httpx2.MockTransport(fake),
-                      work_max_delivery_attempts=2)
+    rt = demo_runtime(
+        tmp_path, http_transport=httpx2.MockTransport(fake), work_max_delivery_attempts=2
+    )
     yield rt
     rt.close()
 
 
 def mark(kind: SubjectKind, subject: str) -> tuple[bytes, dict[str, str]]:
-    m = DirtyMark(integration_id="demo-clinic", subject_kind=kind, subject_id=subject,
-                  reason="test", received_at=NOW)
+    m = DirtyMark(
+        integration_id="demo-clinic",
+        subject_kind=kind,
+        subject_id=subject,
+        reason="test",
+        received_at=NOW,
+    )
     return m.model_dump_json().encode(), {"integration": "demo-clinic", "cadence": "daily"}
 
 
 def work(runtime, *patients: str) -> None:
-    runtime.queue.publish_many(WORK_TOPIC, [
-        (WorkItem(integration_id="demo-clinic", patient_id=p, flush_id="f",
-                  dirty_since=NOW).model_dump_json().encode(), {}) for p in patients])
+    runtime.queue.publish_many(
+        WORK_TOPIC,
+        [
+            (
+                WorkItem(integration_id="demo-clinic", patient_id=p, flush_id="f", dirty_since=NOW)
+                .model_dump_json()
+                .encode(),
+                {},
+            )
+            for p in patients
+        ],
+    )
 
 
 def test_flush_resolves_dedupes_and_acks(runtime, fake):
-    runtime.queue.publish_many(DIRTY_TOPIC, [
-        mark(SubjectKind.PATIENT, "1"), mark(SubjectKind.PATIENT, "1"),
-        mark(SubjectKind.APPOINTMENT, "900"), mark(SubjectKind.APPOINTMENT, "404"),
-        mark(SubjectKind.PATIENT, "3")])
+    runtime.queue.publish_many(
+        DIRTY_TOPIC,
+        [
+            mark(SubjectKind.PATIENT, "1"),
+            mark(SubjectKind.PATIENT, "1"),
+            mark(SubjectKind.APPOINTMENT, "900"),
+            mark(SubjectKind.APPOINTMENT, "404"),
+            mark(SubjectKind.PATIENT, "3"),
+        ],
+    )
     result = flush(runtime, Cadence.DAILY)
     assert (result.marks, result.work_items, result.unresolved_marks) == (5, 3, 1)
     items = [WorkItem.model_validate_json(m.data) for m in runtime.queue.pull(WORK_SUBSCRIPTION)]
@@ -127,10 +170,11 @@ def test_fatal_errors_dead_letter_with_reason(runtime, fake):
 
 
 def test_retriable_errors_back_off_then_dead_letter(runtime, fake, monkeypatch):
-    import workers.subscriber as subscriber
+    import workers.consumer as consumer
+    from app.resilience.retry import RetryPolicy
 
-    monkeypatch.setattr(subscriber, "_backoff", lambda attempt, retry_after: 0.0)
-    monkeypatch.setattr(runtime.healthie("demo-clinic")._retrying.stop, "max_attempt_number", 1)
+    monkeypatch.setattr(consumer, "redelivery_delay", lambda attempt, retry_after: 0.0)
+    monkeypatch.setattr(runtime.healthie("demo-clinic"), "retry", RetryPolicy(max_attempts=1))
     fake.fail_status = 503
     work(runtime, "1")
     first = drain(runtime)

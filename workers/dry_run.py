@@ -13,39 +13,43 @@ from datetime import UTC, datetime
 
 from app.agent.base import decide_many, validate_plan
 from app.agent.report import ReportItem
-from app.errors import HealthieSyncError
+from app.core.errors import HealthieSyncError
+from app.core.models import Entry, WritePlan
 from app.healthie.entry import canonicalize, content_hash
-from app.models import Entry, WritePlan
-from app.runtime import Runtime
+from app.service.runtime import Runtime
 
 
 def dry_run(runtime: Runtime, integration_id: str, patient_ids: Sequence[str]) -> list[ReportItem]:
     """Report items for ``patient_ids`` (a missing patient is reported, not raised)."""
-    integration = runtime.integration(integration_id)
-    fetched = runtime.healthie(integration_id).fetch_entries(list(patient_ids))
+    clients = runtime.clients(integration_id)
+    integration = clients.integration
+    fetched = clients.healthie.fetch_entries(list(patient_ids))
     entries: list[Entry] = []
     items: list[ReportItem] = []
     missing: list[ReportItem] = []
     for patient_id in patient_ids:
         raw = fetched.get(patient_id)
         data = canonicalize(raw) if raw is not None else {"id": patient_id}
-        entry = Entry(integration_id=integration_id, patient_id=patient_id, data=data,
-                      content_hash=content_hash(data), fetched_at=datetime.now(UTC))
+        entry = Entry(
+            integration_id=integration_id,
+            patient_id=patient_id,
+            data=data,
+            content_hash=content_hash(data),
+            fetched_at=datetime.now(UTC),
+        )
         if raw is None:
             missing.append(ReportItem(entry, None, None, "patient not found in Healthie"))
         else:
             entries.append(entry)
     previous = [runtime.state.get_patient(integration_id, e.patient_id) for e in entries]
-    plans = decide_many(
-        runtime.agent(integration_id), integration, list(zip(entries, previous, strict=True))
-    )
-    connectors = runtime.connectors(integration_id)
+    plans = decide_many(clients.agent, integration, list(zip(entries, previous, strict=True)))
+    targets = clients.targets
     for entry, before, plan in zip(entries, previous, plans, strict=True):
         if not isinstance(plan, WritePlan):
             items.append(ReportItem(entry, before, None, f"{type(plan).__name__}: {plan}"))
             continue
         try:
-            validate_plan(plan, entry, connectors)
+            validate_plan(plan, entry, targets)
         except HealthieSyncError as exc:
             items.append(ReportItem(entry, before, plan, f"refused: {exc}"))
             continue

@@ -31,27 +31,25 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
 
-from app.errors import HealthieSyncError, InvalidResponse, RetriableError
+from app.core.config import Integration
+from app.core.errors import FlushInProgress, InvalidResponse, RetriableError
+from app.core.models import Cadence, DirtyMark, RunRecord, SubjectKind, WorkItem
+from app.healthie.client import HealthieClient
 from app.healthie.sweep import resolve_applied_tags, sweep_changes
-from app.models import Cadence, DirtyMark, RunRecord, SubjectKind, WorkItem
+from app.queue.base import Queue
 from app.queue.topology import WORK_TOPIC, dirty_subscription
-from app.runtime import Runtime
-from app.state.base import PendingPatient
+from app.service.runtime import Runtime
+from app.state.base import PendingPatient, StateStore
 
 log = logging.getLogger(__name__)
 
 LEASE_TTL_SECONDS = 900.0
-
-
-class FlushInProgress(HealthieSyncError):
-    """Another flush of the same cadence holds the lease."""
-
-    kind = "flush_in_progress"
 
 
 @dataclass
@@ -70,6 +68,22 @@ class FlushResult:
     runs: list[RunRecord] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Parts:
+    """Exactly what a flush uses: the queue, the state store, the integrations, and each
+    integration's Healthie client (appointment resolution and the sweep)."""
+
+    queue: Queue
+    state: StateStore
+    integrations: Mapping[str, Integration]
+    healthie: Callable[[str], HealthieClient]
+
+    @classmethod
+    def of(cls, runtime: Runtime) -> Parts:
+        """The parts of ``runtime``."""
+        return cls(runtime.queue, runtime.state, runtime.integrations, runtime.healthie)
+
+
 def flush(
     runtime: Runtime,
     cadence: Cadence,
@@ -79,17 +93,24 @@ def flush(
 ) -> FlushResult:
     """Stage ``cadence``'s dirty marks, then (unless ``stage_only``) publish work for every
     integration on ``cadence``. Raises FlushInProgress when one is already running."""
+    return flush_parts(Parts.of(runtime), cadence, chunk_size=chunk_size, stage_only=stage_only)
+
+
+def flush_parts(
+    parts: Parts, cadence: Cadence, *, chunk_size: int = 1000, stage_only: bool = False
+) -> FlushResult:
+    """:func:`flush` on explicit parts."""
     flush_id = f"{cadence.value}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     lease = f"flush:{cadence.value}"
-    if not runtime.state.try_lease(lease, flush_id, LEASE_TTL_SECONDS):
+    if not parts.state.try_lease(lease, flush_id, LEASE_TTL_SECONDS):
         raise FlushInProgress(f"a {cadence.value} flush is already running")
     result = FlushResult(flush_id=flush_id, cadence=cadence)
     started = datetime.now(UTC)
     try:
-        marks_by_integration = _stage(runtime, cadence, chunk_size, result, lease)
+        marks_by_integration = _stage(parts, cadence, chunk_size, result, lease)
         if stage_only:
             return result
-        for integration_id, integration in sorted(runtime.integrations.items()):
+        for integration_id, integration in sorted(parts.integrations.items()):
             if integration.cadence is not cadence:
                 continue
             run = RunRecord(
@@ -99,36 +120,36 @@ def flush(
                 started_at=started,
                 marks_drained=marks_by_integration.get(integration_id, 0),
             )
-            result.swept += _sweep(runtime, integration_id)
-            run.patients = _publish_pending(runtime, integration_id, flush_id, chunk_size)
-            _renew(runtime, lease, flush_id)
+            result.swept += _sweep(parts, integration)
+            run.patients = _publish_pending(parts, integration_id, flush_id, chunk_size)
+            _renew(parts.state, lease, flush_id)
             run.counts.dirty_patients = run.patients
             run.status = "finished"  # the flush's part; workers add their counts as they go
             run.finished_at = datetime.now(UTC)
             result.work_items += run.patients
             if run.patients or run.marks_drained:
-                runtime.state.save_run(run)
+                parts.state.save_run(run)
                 result.runs.append(run)
                 result.per_integration[integration_id] = run.patients
         return result
     finally:
-        runtime.state.release_lease(lease, flush_id)
+        parts.state.release_lease(lease, flush_id)
 
 
-def _renew(runtime: Runtime, lease: str, owner: str) -> None:
+def _renew(state: StateStore, lease: str, owner: str) -> None:
     # A flush that lost its lease (it ran past the TTL and another took over) must stop: two
     # publishers could otherwise unstage each other's versions.
-    if not runtime.state.try_lease(lease, owner, LEASE_TTL_SECONDS):
+    if not state.try_lease(lease, owner, LEASE_TTL_SECONDS):
         raise FlushInProgress(f"flush {owner} lost its lease to another flush")
 
 
 def _stage(
-    runtime: Runtime, cadence: Cadence, chunk_size: int, result: FlushResult, lease: str
+    parts: Parts, cadence: Cadence, chunk_size: int, result: FlushResult, lease: str
 ) -> dict[str, int]:
     subscription = dirty_subscription(cadence)
     per_integration: dict[str, int] = defaultdict(int)
     while True:
-        messages = runtime.queue.pull(subscription, chunk_size)
+        messages = parts.queue.pull(subscription, chunk_size)
         if not messages:
             return per_integration
         marks: list[DirtyMark] = []
@@ -141,20 +162,20 @@ def _stage(
         result.marks += len(marks)
         for mark in marks:
             per_integration[mark.integration_id] += 1
-        for integration_id, pending in _resolve(runtime, marks, result).items():
-            runtime.state.add_pending(integration_id, pending)
+        for integration_id, pending in _resolve(parts, marks, result).items():
+            parts.state.add_pending(integration_id, pending)
             result.staged += len(pending)
-        runtime.queue.ack(subscription, [m.ack_id for m in messages])
-        _renew(runtime, lease, result.flush_id)
+        parts.queue.ack(subscription, [m.ack_id for m in messages])
+        _renew(parts.state, lease, result.flush_id)
 
 
 def _resolve(
-    runtime: Runtime, marks: list[DirtyMark], result: FlushResult
+    parts: Parts, marks: list[DirtyMark], result: FlushResult
 ) -> dict[str, list[PendingPatient]]:
     """Marks -> staged patients per integration (appointments resolved through Healthie)."""
     by_integration: dict[str, list[DirtyMark]] = defaultdict(list)
     for mark in marks:
-        if mark.integration_id not in runtime.integrations:
+        if mark.integration_id not in parts.integrations:
             result.unresolved_marks += 1
             log.error("dirty mark for unknown integration %s dropped", mark.integration_id)
             continue
@@ -163,11 +184,11 @@ def _resolve(
     for integration_id, group in by_integration.items():
         patients: dict[str, PendingPatient] = {}
 
-        def add(patient_id: str, mark: DirtyMark, patients: dict[str, PendingPatient] = patients
-                ) -> None:
+        def add(
+            patient_id: str, mark: DirtyMark, patients: dict[str, PendingPatient] = patients
+        ) -> None:
             known = patients.get(patient_id)
-            since = mark.received_at if known is None else min(known.dirty_since,
-                                                               mark.received_at)
+            since = mark.received_at if known is None else min(known.dirty_since, mark.received_at)
             reasons = sorted({mark.reason, *(known.reasons if known else [])})
             patients[patient_id] = PendingPatient(
                 patient_id=patient_id, dirty_since=since, reasons=reasons
@@ -175,7 +196,7 @@ def _resolve(
 
         appointment_marks = [m for m in group if m.subject_kind is SubjectKind.APPOINTMENT]
         if appointment_marks:
-            client = runtime.healthie(integration_id)
+            client = parts.healthie(integration_id)
             resolved = client.resolve_appointments([m.subject_id for m in appointment_marks])
             for mark in appointment_marks:
                 people = resolved.get(mark.subject_id, [])
@@ -188,7 +209,7 @@ def _resolve(
             # Healthie's events normally carry user_id (then the mark names the patient); these
             # did not. Resolved in one listing; a deleted applied tag is no longer listed.
             owners = resolve_applied_tags(
-                runtime.healthie(integration_id),
+                parts.healthie(integration_id),
                 [m.subject_id for m in tag_marks],
                 min(m.received_at for m in tag_marks),
             )
@@ -197,8 +218,9 @@ def _resolve(
                     add(owners[mark.subject_id], mark)
                 else:
                     result.unresolved_marks += 1
-                    log.warning("applied tag %s not found (integration=%s)",
-                                mark.subject_id, integration_id)
+                    log.warning(
+                        "applied tag %s not found (integration=%s)", mark.subject_id, integration_id
+                    )
         for mark in group:
             if mark.subject_kind is SubjectKind.PATIENT:
                 add(mark.subject_id, mark)
@@ -210,44 +232,45 @@ SWEEP_WATERMARK = "sweep"
 SWEEP_OVERLAP = timedelta(minutes=5)
 
 
-def _sweep(runtime: Runtime, integration_id: str) -> int:
+def _sweep(parts: Parts, integration: Integration) -> int:
     """Stage what Healthie changed since the last sweep; returns the patients staged."""
-    if not runtime.integration(integration_id).healthie.sweep:
+    integration_id = integration.id
+    if not integration.healthie.sweep:
         return 0
     now = datetime.now(UTC)
-    last = runtime.state.get_watermark(integration_id, SWEEP_WATERMARK)
+    last = parts.state.get_watermark(integration_id, SWEEP_WATERMARK)
     if last is None:
         # First flush: webhooks cover everything from now on; the sweep starts here.
-        runtime.state.set_watermark(integration_id, SWEEP_WATERMARK, now)
+        parts.state.set_watermark(integration_id, SWEEP_WATERMARK, now)
         return 0
     try:
-        found = sweep_changes(runtime.healthie(integration_id), since=last - SWEEP_OVERLAP,
-                              until=now)
+        found = sweep_changes(parts.healthie(integration_id), since=last - SWEEP_OVERLAP, until=now)
     except (RetriableError, InvalidResponse) as exc:
-        log.warning("missed-change sweep failed for %s (%s); retried next flush",
-                    integration_id, exc.kind)
+        log.warning(
+            "missed-change sweep failed for %s (%s); retried next flush", integration_id, exc.kind
+        )
         return 0
     patients = set(found.patient_ids)
     for people in found.appointment_patients.values():
         patients.update(people)
     if patients:
-        runtime.state.add_pending(
+        parts.state.add_pending(
             integration_id,
             [PendingPatient(patient_id=p, dirty_since=now, reasons=["sweep"]) for p in patients],
         )
     if not found.truncated:
-        runtime.state.set_watermark(integration_id, SWEEP_WATERMARK, now)
+        parts.state.set_watermark(integration_id, SWEEP_WATERMARK, now)
     return len(patients)
 
 
-def _publish_pending(runtime: Runtime, integration_id: str, flush_id: str, page: int) -> int:
+def _publish_pending(parts: Parts, integration_id: str, flush_id: str, page: int) -> int:
     published = 0
     after: str | None = None
     while True:
-        pending = runtime.state.list_pending(integration_id, after=after, limit=page)
+        pending = parts.state.list_pending(integration_id, after=after, limit=page)
         if not pending:
             return published
-        runtime.queue.publish_many(
+        parts.queue.publish_many(
             WORK_TOPIC,
             [
                 (
@@ -257,12 +280,14 @@ def _publish_pending(runtime: Runtime, integration_id: str, flush_id: str, page:
                         flush_id=flush_id,
                         dirty_since=p.dirty_since,
                         reasons=tuple(p.reasons),
-                    ).model_dump_json().encode(),
+                    )
+                    .model_dump_json()
+                    .encode(),
                     {"integration": integration_id},
                 )
                 for p in pending
             ],
         )
-        runtime.state.remove_pending(integration_id, pending)
+        parts.state.remove_pending(integration_id, pending)
         published += len(pending)
         after = pending[-1].patient_id

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from app.runtime import Runtime
-from workers.subscriber import WorkerStopped, drain
+from app.core.errors import ConfigurationError
+from app.service.runtime import Runtime
+from workers.consumer import drain
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class WorkerLoop:
         while not self._stop.is_set():
             try:
                 drain(self._runtime, batch_size=self._batch_size, idle_timeout=0.0)
-            except WorkerStopped as exc:
+            except ConfigurationError as exc:
                 self.stopped_by = str(exc)
                 log.error("worker stopped on a configuration error: %s", exc)  # noqa: TRY400
                 self._stop.set()

@@ -5,7 +5,7 @@ the end. Replay takes the matching ones, publishes each back to the work topic a
 records where it came from (``replay_of``, ``replayed_at``, reason ``replay``), then acknowledges
 the dead letter; non-matching ones are given back untouched. A replayed item that carries its
 computed WritePlan re-executes it without an agent call when the entry is unchanged since
-(``workers.processor``). Replays are rate-limited; a preview changes nothing.
+(``workers.pipeline``). Replays are rate-limited; a preview changes nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ValidationError
 
-from app.models import WorkItem
+from app.core.models import WorkItem
 from app.queue.base import Message, Queue
 from app.queue.topology import WORK_DLQ_SUBSCRIPTION, WORK_TOPIC
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
-from app.config import Integration
-from app.errors import HealthieSyncError, PlanValidationError
-from app.models import Entry, WritePlan
+from app.core.config import Integration
+from app.core.errors import HealthieSyncError, PlanValidationError
+from app.core.models import Entry, WritePlan
 from app.state.base import PatientState
-from connectors.base import Connector
+from connectors.base import Declared
 
 
 class Agent(Protocol):
@@ -41,7 +41,7 @@ class BatchAgent(Agent, Protocol):
         self, integration: Integration, items: Sequence[DecideItem]
     ) -> list[WritePlan | Exception]:
         """Plans for ``items`` in order; a failed item's slot holds its engine error
-        (``app.errors`` kinds), so one bad entry never fails the others."""
+        (``app.core.errors`` kinds), so one bad entry never fails the others."""
         ...
 
 
@@ -67,7 +67,7 @@ def decide_many(
     return decide_each(agent, integration, items)
 
 
-def validate_plan(plan: WritePlan, entry: Entry, connectors: Mapping[str, Connector]) -> None:
+def validate_plan(plan: WritePlan, entry: Entry, connectors: Mapping[str, Declared]) -> None:
     """Raise PlanValidationError unless every operation targets a configured target, names an
     operation it declares, has valid arguments, and touches only the entry's patient."""
     if plan.patient_id != entry.patient_id:

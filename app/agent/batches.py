@@ -29,9 +29,9 @@ import anthropic
 
 from app.agent.api import convert_api_error
 from app.agent.base import DecideItem, decide_each
-from app.config import Integration
-from app.errors import HealthieSyncError, UpstreamUnavailable
-from app.models import WritePlan
+from app.core.config import Integration
+from app.core.errors import HealthieSyncError, UpstreamUnavailable
+from app.core.models import WritePlan
 
 if TYPE_CHECKING:
     from app.agent.claude import ClaudeAgent
@@ -108,7 +108,9 @@ def decide_in_batch(
         ):
             log.warning(
                 "%s: message batches unavailable (HTTP %d); deciding %d entries directly",
-                integration.id, cause.status_code, len(items),
+                integration.id,
+                cause.status_code,
+                len(items),
             )
             return decide_each(agent, integration, items)
         return [exc for _ in items]
@@ -127,16 +129,17 @@ def decide_in_batch(
     _delete(agent, batch_id)
     log.info(
         "%s: batch %s ended with %d results for %d entries",
-        integration.id, batch.id, len(results), len(items),
+        integration.id,
+        batch.id,
+        len(results),
+        len(items),
     )
     out: list[WritePlan | Exception] = []
     for index, (entry, previous) in enumerate(items):
         result = results.get(custom_id(index))
         try:
             if result is not None and result.type == "succeeded":
-                decision = agent.plan_from_message(
-                    result.message, entry, params[index], batch=True
-                )
+                decision = agent.plan_from_message(result.message, entry, params[index], batch=True)
             else:
                 outcome = result.type if result is not None else "missing"
                 log.info("%s: batch item %d %s; one direct call", integration.id, index, outcome)

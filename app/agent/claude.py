@@ -34,11 +34,11 @@ from app.agent.batches import PollPolicy, decide_in_batch
 from app.agent.prompt import entry_message, load_system_prompt, system_blocks
 from app.agent.tools import TOOL_NAME, build_tools, forced_tool_choice, parse_answer
 from app.agent.usage import TokenUsage, UsageMeter
-from app.config import Integration
-from app.errors import ConfigurationError, PlanValidationError
-from app.models import Cadence, Entry, WritePlan
+from app.core.config import Integration
+from app.core.errors import ConfigurationError, PlanValidationError
+from app.core.models import Cadence, Entry, WritePlan
 from app.state.base import PatientState
-from connectors.base import Connector
+from connectors.base import Declared
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class ClaudeAgent:
         self,
         client: anthropic.Anthropic,
         integration: Integration,
-        connectors: Mapping[str, Connector],
+        connectors: Mapping[str, Declared],
         *,
         instructions: str | None = None,
         system_prompt: str | None = None,
@@ -143,7 +143,10 @@ class ClaudeAgent:
     def with_retries(self, call: Callable[[], T], what: str) -> T:
         """Run one API call with the agent's retry policy (``app.agent.api``)."""
         return call_with_retries(
-            call, what, max_retries=self.max_retries, max_wait=self.max_retry_wait,
+            call,
+            what,
+            max_retries=self.max_retries,
+            max_wait=self.max_retry_wait,
             sleep=self.sleep,
         )
 
@@ -192,10 +195,18 @@ class ClaudeAgent:
         calls = [b for b in message.content if b.type == "tool_use"]
         turn: dict[str, Any]
         if calls:
-            turn = {"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": b.id, "is_error": True, "content": feedback}
-                for b in calls
-            ]}
+            turn = {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": b.id,
+                        "is_error": True,
+                        "content": feedback,
+                    }
+                    for b in calls
+                ],
+            }
         else:
             turn = {"role": "user", "content": [{"type": "text", "text": feedback}]}
         retry_params = dict(params)

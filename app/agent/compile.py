@@ -34,13 +34,13 @@ from app.agent.base import validate_plan
 from app.agent.plan import CompiledPlan, PlanAgent
 from app.agent.tools import build_tools, canonical, model_schema
 from app.agent.transforms import TRANSFORMS, apply_transform
-from app.config import Integration
-from app.errors import ConfigurationError, FatalError, PlanValidationError
+from app.core.config import Integration
+from app.core.errors import ConfigurationError, FatalError, PlanValidationError
+from app.core.models import Entry
 from app.healthie.entry import canonicalize, content_hash
 from app.healthie.operations import load as load_operation
-from app.models import Entry
 from app.state.base import PatientState
-from connectors.base import Connector
+from connectors.base import Declared
 
 COMPILE_TOOL = "submit_compiled_plan"
 #: Compiling is rare and reviewed, so it uses the most capable current model the SDK lists.
@@ -50,26 +50,63 @@ ENGINE_FIELDS = ("version", "integration", "instructions_sha256")
 
 #: A made-up entry (no real patient) exercising the common fields, for the smoke run.
 SAMPLE_ENTRY: dict[str, Any] = {
-    "id": "900001", "first_name": "Sample", "last_name": "Patient", "email": " S@Example.org ",
-    "phone_number": "555-010-0199", "dob": "1990-01-02", "active": True, "archived_at": None,
-    "gender": "Female", "sex": "Female", "metadata": '{"source": "sample"}',
-    "record_identifier": "R-1", "user_group": {"id": "1", "name": "Group"},
+    "id": "900001",
+    "first_name": "Sample",
+    "last_name": "Patient",
+    "email": " S@Example.org ",
+    "phone_number": "555-010-0199",
+    "dob": "1990-01-02",
+    "active": True,
+    "archived_at": None,
+    "gender": "Female",
+    "sex": "Female",
+    "metadata": '{"source": "sample"}',
+    "record_identifier": "R-1",
+    "user_group": {"id": "1", "name": "Group"},
     "dietitian": {"id": "9", "full_name": "Provider One", "email": "p1@example.org"},
     "providers": [{"id": "9", "full_name": "Provider One", "email": "p1@example.org"}],
-    "location": {"id": "5", "line1": "1 Main St", "line2": None, "city": "Town", "state": "NY",
-                 "zip": "10001", "country": "US"},
+    "location": {
+        "id": "5",
+        "line1": "1 Main St",
+        "line2": None,
+        "city": "Town",
+        "state": "NY",
+        "zip": "10001",
+        "country": "US",
+    },
     "active_tags": [{"id": "1", "name": "sample-tag"}],
-    "policies": [{"id": "3", "name": "Plan", "num": "X1", "group_num": "G1",
-                  "priority_type": "primary", "holder_relationship": "Self",
-                  "effective_start": "2026-01-01", "effective_end": None,
-                  "insurance_plan": {"id": "7", "payer_name": "Payer", "payer_id": "P7"}}],
+    "policies": [
+        {
+            "id": "3",
+            "name": "Plan",
+            "num": "X1",
+            "group_num": "G1",
+            "priority_type": "primary",
+            "holder_relationship": "Self",
+            "effective_start": "2026-01-01",
+            "effective_end": None,
+            "insurance_plan": {"id": "7", "payer_name": "Payer", "payer_id": "P7"},
+        }
+    ],
     "appointments": [
-        {"id": "800001", "date": "2026-03-01T15:00:00Z", "pm_status": "Occurred",
-         "deleted_at": None, "appointment_type": {"id": "2", "name": "Initial"},
-         "provider": {"id": "9", "full_name": "Provider One"}, "contact_type": "Video Call"},
-        {"id": "800002", "date": "2026-04-01T15:00:00Z", "pm_status": None,
-         "deleted_at": "2026-03-15T10:00:00Z", "appointment_type": None, "provider": None,
-         "contact_type": None},
+        {
+            "id": "800001",
+            "date": "2026-03-01T15:00:00Z",
+            "pm_status": "Occurred",
+            "deleted_at": None,
+            "appointment_type": {"id": "2", "name": "Initial"},
+            "provider": {"id": "9", "full_name": "Provider One"},
+            "contact_type": "Video Call",
+        },
+        {
+            "id": "800002",
+            "date": "2026-04-01T15:00:00Z",
+            "pm_status": None,
+            "deleted_at": "2026-03-15T10:00:00Z",
+            "appointment_type": None,
+            "provider": None,
+            "contact_type": None,
+        },
     ],
 }
 
@@ -101,10 +138,13 @@ class CompileRefusal:
     def message(self) -> str:
         """A readable explanation for the person running ``compile``."""
         lines = [f"- {u.instruction}: {u.reason}" for u in self.instructions]
-        return "\n".join([
-            f"Not compiled: {len(lines)} instruction(s) cannot be expressed as a plan:", *lines,
-            "Keep agent.backend = 'claude' for this integration, or reword these instructions.",
-        ])
+        return "\n".join(
+            [
+                f"Not compiled: {len(lines)} instruction(s) cannot be expressed as a plan:",
+                *lines,
+                "Keep agent.backend = 'claude' for this integration, or reword these instructions.",
+            ]
+        )
 
 
 def compile_tool_schema() -> dict[str, Any]:
@@ -117,8 +157,10 @@ def compile_tool_schema() -> dict[str, Any]:
     schema: dict[str, Any] = {
         "type": "object",
         "properties": {
-            "plan": {"anyOf": [plan, {"type": "null"}],
-                     "description": "The plan, or null when any instruction is unexpressible."},
+            "plan": {
+                "anyOf": [plan, {"type": "null"}],
+                "description": "The plan, or null when any instruction is unexpressible.",
+            },
             "unexpressible": {"type": "array", "items": unexpressible},
         },
         "required": ["plan", "unexpressible"],
@@ -134,40 +176,47 @@ def _transforms_doc() -> str:
     return f"Transforms (closed list): {names}.\n{apply_transform.__doc__ or ''}".strip()
 
 
-def compile_system_prompt(connectors: Mapping[str, Connector]) -> str:
+def compile_system_prompt(connectors: Mapping[str, Declared]) -> str:
     """Everything the model needs to write a plan, generated from the code it must satisfy."""
     operations = build_tools(connectors)[0]["input_schema"]
-    return "\n\n".join([
-        "You compile a healthcare organization's plain-language instruction document into a "
-        "deterministic JSON plan for the healthie-sync engine. Call submit_compiled_plan once. "
-        "Express every instruction exactly; never approximate, guess field names that are not "
-        "in the entry shape, or drop a condition. If any instruction cannot be expressed with "
-        "the format below (it needs judgement, free-text understanding, data outside the "
-        "entry, or a transform not in the list), return plan = null and list each such "
-        "instruction in unexpressible with the reason.",
-        "## Plan format\n" + (plan_module.__doc__ or ""),
-        "## " + _transforms_doc(),
-        "## JMESPath\nExpressions are JMESPath (jmespath.org) evaluated over "
-        '{"entry": ..., "previous": ..., "item": ...}. Use `|| `[]`` to default a missing '
-        "list, filters like `entry.appointments[?deleted_at == null]`, `contains()`, "
-        "`sort()`, `length()`. Literals are written in backticks.",
-        "## Targets and their operations (JSON Schema of one operation)\n"
-        + json.dumps(operations["properties"]["operations"]["items"], sort_keys=True),
-        "## Entry shape (GraphQL selection; lists of objects are sorted by id, timestamps UTC)\n"
-        + load_operation("entry"),
-    ])
+    return "\n\n".join(
+        [
+            "You compile a healthcare organization's plain-language instruction document into a "
+            "deterministic JSON plan for the healthie-sync engine. Call submit_compiled_plan once. "
+            "Express every instruction exactly; never approximate, guess field names that are not "
+            "in the entry shape, or drop a condition. If any instruction cannot be expressed with "
+            "the format below (it needs judgement, free-text understanding, data outside the "
+            "entry, or a transform not in the list), return plan = null and list each such "
+            "instruction in unexpressible with the reason.",
+            "## Plan format\n" + (plan_module.__doc__ or ""),
+            "## " + _transforms_doc(),
+            "## JMESPath\nExpressions are JMESPath (jmespath.org) evaluated over "
+            '{"entry": ..., "previous": ..., "item": ...}. Use `|| `[]`` to default a missing '
+            "list, filters like `entry.appointments[?deleted_at == null]`, `contains()`, "
+            "`sort()`, `length()`. Literals are written in backticks.",
+            "## Targets and their operations (JSON Schema of one operation)\n"
+            + json.dumps(operations["properties"]["operations"]["items"], sort_keys=True),
+            "## Entry shape (GraphQL selection; lists of objects are sorted by id, "
+            "timestamps UTC)\n" + load_operation("entry"),
+        ]
+    )
 
 
 def _sample(integration: Integration, data: Mapping[str, Any]) -> Entry:
     canon = canonicalize(dict(data))
-    return Entry(integration_id=integration.id, patient_id=str(canon["id"]), data=canon,
-                 content_hash=content_hash(canon), fetched_at=datetime.now(UTC))
+    return Entry(
+        integration_id=integration.id,
+        patient_id=str(canon["id"]),
+        data=canon,
+        content_hash=content_hash(canon),
+        fetched_at=datetime.now(UTC),
+    )
 
 
 def check_answer(
     tool_input: Mapping[str, Any],
     integration: Integration,
-    connectors: Mapping[str, Connector],
+    connectors: Mapping[str, Declared],
     instructions_text: str,
     sample: Mapping[str, Any],
 ) -> CompiledPlan | CompileRefusal:
@@ -186,8 +235,11 @@ def check_answer(
         agent = PlanAgent(plan)
         entry = _sample(integration, sample)
         previous = PatientState(
-            integration_id=integration.id, patient_id=entry.patient_id,
-            content_hash=entry.content_hash, entry=entry.data, outcome="written",
+            integration_id=integration.id,
+            patient_id=entry.patient_id,
+            content_hash=entry.content_hash,
+            entry=entry.data,
+            outcome="written",
             updated_at=entry.fetched_at,
         )
         for prev in (None, previous):
@@ -205,7 +257,7 @@ def check_answer(
 def compile_plan(
     client: anthropic.Anthropic,
     integration: Integration,
-    connectors: Mapping[str, Connector],
+    connectors: Mapping[str, Declared],
     model: str | None = None,
     *,
     sample_entry: Mapping[str, Any] | None = None,
@@ -219,18 +271,32 @@ def compile_plan(
         "model": model or DEFAULT_COMPILE_MODEL,
         "max_tokens": max_output_tokens,
         "system": compile_system_prompt(connectors),
-        "tools": [{"name": COMPILE_TOOL, "description": "Submit the compiled plan.",
-                   "input_schema": compile_tool_schema()}],
+        "tools": [
+            {
+                "name": COMPILE_TOOL,
+                "description": "Submit the compiled plan.",
+                "input_schema": compile_tool_schema(),
+            }
+        ],
         "tool_choice": {"type": "tool", "name": COMPILE_TOOL, "disable_parallel_tool_use": True},
-        "messages": [{"role": "user", "content": (
-            f'<instructions integration="{integration.id}">\n{instructions.strip()}\n'
-            "</instructions>")}],
+        "messages": [
+            {
+                "role": "user",
+                "content": (
+                    f'<instructions integration="{integration.id}">\n{instructions.strip()}\n'
+                    "</instructions>"
+                ),
+            }
+        ],
     }
 
     def call() -> Any:
         return call_with_retries(
-            lambda: client.messages.create(**params), "Anthropic compile",
-            max_retries=4, max_wait=60.0, sleep=time.sleep,
+            lambda: client.messages.create(**params),
+            "Anthropic compile",
+            max_retries=4,
+            max_wait=60.0,
+            sleep=time.sleep,
         )
 
     error = ""
@@ -247,13 +313,26 @@ def compile_plan(
         if attempt == 0:
             params["messages"] = [
                 *params["messages"],
-                {"role": "assistant", "content": [
-                    {"type": "tool_use", "id": b.id, "name": b.name, "input": b.input}
-                    for b in uses]},
-                {"role": "user", "content": [
-                    {"type": "tool_result", "tool_use_id": b.id, "is_error": True,
-                     "content": f"Refused: {error}. Submit the whole corrected answer."}
-                    for b in uses] or [{"type": "text", "text": f"Refused: {error}"}]},
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "tool_use", "id": b.id, "name": b.name, "input": b.input}
+                        for b in uses
+                    ],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": b.id,
+                            "is_error": True,
+                            "content": f"Refused: {error}. Submit the whole corrected answer.",
+                        }
+                        for b in uses
+                    ]
+                    or [{"type": "text", "text": f"Refused: {error}"}],
+                },
             ]
     raise PlanValidationError(f"the compiled plan was invalid twice: {error}")
 
@@ -261,14 +340,15 @@ def compile_plan(
 def write_plan(plan: CompiledPlan, out_path: Path) -> None:
     """Write the plan file (stable formatting, so a recompile shows a readable diff)."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(plan.model_dump(mode="json", exclude_none=False), indent=2,
-                      ensure_ascii=False)
+    text = json.dumps(
+        plan.model_dump(mode="json", exclude_none=False), indent=2, ensure_ascii=False
+    )
     out_path.write_text(text + "\n", encoding="utf-8")
 
 
 def run_compile(
     integration: Integration,
-    connectors: Mapping[str, Connector],
+    connectors: Mapping[str, Declared],
     client: anthropic.Anthropic,
     out_path: Path,
 ) -> str:

@@ -16,10 +16,10 @@ from app.agent.base import Agent
 from app.agent.claude import ClaudeAgent
 from app.agent.plan import PlanAgent
 from app.agent.usage import UsageMeter
-from app.config import Integration
-from app.errors import ConfigurationError
-from app.models import Cadence
-from connectors.base import Connector
+from app.core.config import Integration
+from app.core.errors import ConfigurationError
+from app.core.models import Cadence
+from connectors.base import Declared
 
 #: Seconds one Messages API call may take before it is abandoned (and retried by the queue).
 DEFAULT_TIMEOUT = 120.0
@@ -44,7 +44,7 @@ def build_anthropic_client(
 
 def build_agent(
     integration: Integration,
-    connectors: Mapping[str, Connector],
+    connectors: Mapping[str, Declared],
     *,
     anthropic_client: anthropic.Anthropic | None = None,
     meter: UsageMeter | None = None,

@@ -32,9 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.agent.base import DecideItem, decide_each
 from app.agent.transforms import apply_transform
-from app.config import Integration
-from app.errors import ConfigurationError, FatalError
-from app.models import Entry, WriteOperation, WritePlan
+from app.core.config import Integration
+from app.core.errors import ConfigurationError, FatalError
+from app.core.models import Entry, WriteOperation, WritePlan
 from app.state.base import PatientState
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from app.errors import ConfigurationError
+from app.core.errors import ConfigurationError
 from app.healthie.entry import VOLATILE_FIELDS
 
 REPO = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.agent.prompt import entry_changes, minimize
-from app.models import Entry, WriteOperation, WritePlan
+from app.core.models import Entry, WriteOperation, WritePlan
 from app.state.base import PatientState
 
 SECRET_KEY = re.compile(r"pass(word)?|secret|token|api[_-]?key|authori[sz]ation|credential", re.I)
@@ -110,8 +110,9 @@ def build_report(
                 "decision": plan.action,
                 "reason": plan.skip_reason if plan.action == "skip" else plan.rationale,
                 "backend": plan.backend,
-                "operations": [describe_operation(o, show_values=show_values)
-                               for o in plan.operations],
+                "operations": [
+                    describe_operation(o, show_values=show_values) for o in plan.operations
+                ],
             }
         patients.append(record)
     return {
@@ -152,11 +153,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             lines.append(f"- Changes: {', '.join(changes) or 'none in visible fields'}")
         operations = patient.get("operations") or []
         if operations:
-            lines += ["", "| # | target | operation | table | key | arguments |",
-                      "|---|---|---|---|---|---|"]
+            lines += [
+                "",
+                "| # | target | operation | table | key | arguments |",
+                "|---|---|---|---|---|---|",
+            ]
             for n, op in enumerate(operations, 1):
-                args = {k: v for k, v in op["args"].items()
-                        if k not in ("table", "key", "patient_id")}
+                args = {
+                    k: v for k, v in op["args"].items() if k not in ("table", "key", "patient_id")
+                }
                 lines.append(
                     f"| {n} | {_cell(op['target'])} | {_cell(op['operation'])} | "
                     f"{_cell(op['table'] or '')} | {_cell(op['key'] or '')} | {_cell(args)} |"

@@ -23,9 +23,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app.errors import PlanValidationError
-from app.models import WriteOperation, WritePlan
-from connectors.base import Connector
+from app.core.errors import PlanValidationError
+from app.core.models import WriteOperation, WritePlan
+from connectors.base import Declared
 
 TOOL_NAME = "submit_write_plan"
 
@@ -69,7 +69,7 @@ def model_schema(model: type[BaseModel], prefix: str) -> tuple[dict[str, Any], d
 
 
 def operation_variants(
-    connectors: Mapping[str, Connector],
+    connectors: Mapping[str, Declared],
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One schema per (target, operation), sorted, and the ``$defs`` they refer to."""
     variants: list[dict[str, Any]] = []
@@ -82,21 +82,23 @@ def operation_variants(
             defs.update(sub_defs)
             if spec.description and "description" not in args:
                 args["description"] = " ".join(spec.description.split())
-            variants.append({
-                "type": "object",
-                "description": f"{target}.{name} ({connector.kind} connector)",
-                "properties": {
-                    "target": {"const": target},
-                    "operation": {"const": name},
-                    "args": args,
-                },
-                "required": ["target", "operation", "args"],
-                "additionalProperties": False,
-            })
+            variants.append(
+                {
+                    "type": "object",
+                    "description": f"{target}.{name} ({connector.kind} connector)",
+                    "properties": {
+                        "target": {"const": target},
+                        "operation": {"const": name},
+                        "args": args,
+                    },
+                    "required": ["target", "operation", "args"],
+                    "additionalProperties": False,
+                }
+            )
     return variants, defs
 
 
-def plan_input_schema(connectors: Mapping[str, Connector]) -> dict[str, Any]:
+def plan_input_schema(connectors: Mapping[str, Declared]) -> dict[str, Any]:
     """The JSON Schema of ``submit_write_plan``'s input for these targets."""
     if not connectors:
         raise PlanValidationError("an integration without targets cannot have a write plan")
@@ -132,7 +134,7 @@ def canonical(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, ensure_ascii=False))
 
 
-def build_tools(connectors: Mapping[str, Connector]) -> list[dict[str, Any]]:
+def build_tools(connectors: Mapping[str, Declared]) -> list[dict[str, Any]]:
     """The tool definitions the model sees (one tool), deterministic for a given set of targets."""
     tool = {
         "name": TOOL_NAME,

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from typing import Any
 
-from app.errors import ConfigurationError
+from app.core.errors import ConfigurationError
 
 
 def _phone_e164(value: Any, default_country: str = "1") -> Any:

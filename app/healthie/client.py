@@ -1,17 +1,18 @@
 """The one Healthie GraphQL client (gql over httpx2): auth and version headers, pacing,
 retries, a circuit breaker, error mapping, and complexity-aware aliased batching.
 
-Every Healthie failure leaves this module as one of ``app.errors``' kinds:
+Every Healthie failure leaves this module as one of ``app.core.errors``' kinds:
 ``TOO_MANY_REQUESTS`` (a GraphQL error in a 200) and HTTP 429 -> RateLimited; 5xx, timeouts and
 connection errors -> UpstreamUnavailable (CircuitOpen while the breaker is open); 401/403 and
 unknown API versions -> ConfigurationError; anything else that does not match the contract,
 including a single patient whose entry alone exceeds the complexity cap -> InvalidResponse.
 
-A request's journey (``execute``)::
+A request's journey (``execute``), all of it from ``app.resilience`` but the POST and the
+classification::
 
-    breaker.before_call ─▶ bucket.acquire ─▶ POST ─▶ classify ─▶ breaker.record_*
-          ▲                                                │ RetriableError
-          └──────── tenacity (exponential jitter, ≥ Retry-After) ◀────┘  (not CircuitOpen)
+    guard.call: breaker.before_call ─▶ bucket.acquire ─▶ POST ─▶ classify ─▶ breaker.record_*
+          ▲                                                     │ RetriableError
+          └──── RetryPolicy (exponential jitter, ≥ Retry-After) ◀─┘  (not CircuitOpen)
 
 Batching (``fetch_entries``): patients are aliased ``p0: user(id: $id0) { ...PatientEntry }``,
 as many per request as the complexity estimate allows under Healthie's cap of 2000 (config
@@ -23,7 +24,6 @@ estimate so later batches are sized right the first time.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import threading
@@ -41,57 +41,24 @@ from gql.transport.exceptions import (
     TransportServerError,
 )
 from gql.transport.httpx import HTTPXTransport
-from tenacity import (
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
-from tenacity.wait import wait_base
 
-from app.config import DEFAULT_API_VERSION
-from app.errors import (
+from app.core.config import DEFAULT_API_VERSION
+from app.core.errors import (
+    ComplexityExceeded,
     ConfigurationError,
     HealthieSyncError,
     InvalidResponse,
     RateLimited,
-    RetriableError,
-    UpstreamUnavailable,
 )
 from app.healthie import operations
 from app.healthie.complexity import MAX_COMPLEXITY, estimate, parse_complexity_error
-from app.healthie.ratelimit import CircuitBreaker, CircuitOpen, TokenBucket, bucket_for
+from app.resilience.breaker import CircuitBreaker
+from app.resilience.guard import Guard, credential_id
+from app.resilience.ratelimit import TokenBucket
+from app.resilience.retry import Backoff, RetryPolicy, parse_retry_after
+from app.resilience.status import error_for_status
 
 log = logging.getLogger(__name__)
-
-
-class ComplexityExceeded(InvalidResponse):
-    """Healthie refused a request as too complex (``score`` over ``limit``)."""
-
-    kind = "complexity_exceeded"
-
-    def __init__(self, message: str, *, score: int, limit: int) -> None:
-        super().__init__(message)
-        self.score, self.limit = score, limit
-
-
-def _retriable(exc: BaseException) -> bool:
-    # An open circuit means "fail fast": retrying here would only wait out the cool-down.
-    return isinstance(exc, RetriableError) and not isinstance(exc, CircuitOpen)
-
-
-class _HonourRetryAfter(wait_base):
-    """Exponential jitter, but never shorter than the server's Retry-After."""
-
-    def __init__(self) -> None:
-        self._fallback = wait_exponential_jitter(multiplier=0.2, max=10)
-
-    def __call__(self, retry_state: Any) -> float:
-        base: float = self._fallback(retry_state)
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(exc, RetriableError) and exc.retry_after:
-            return max(base, exc.retry_after)
-        return base
 
 
 def _entries_text(count: int, fragment: str) -> str:
@@ -132,20 +99,18 @@ def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
         yield items[start : start + size]
 
 
-def _retry_after(headers: httpx2.Headers | None) -> float | None:
-    value = headers.get("retry-after") if headers is not None else None
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None  # an HTTP-date; the exponential back-off applies instead
+#: Healthie's own pause after repeated TOO_MANY_REQUESTS (it sends no Retry-After).
+_STREAK = Backoff(initial=1.0, cap=8.0, jitter=0.0)
+_HEALTHIE_STATUS = {409: InvalidResponse, 422: InvalidResponse}
 
 
 class HealthieClient:
     """A Healthie API client bound to one API key.
 
     ``http_transport`` lets tests pass ``httpx2.MockTransport`` and lets the engine share
-    connection pools; the token bucket is shared by every client of the same key in the
-    process (unless ``bucket`` is given), the circuit breaker belongs to this client.
+    connection pools. ``guard`` paces and protects every request (``app.resilience.guard``:
+    the runtime passes its guard for this API key, so clients of one key share a bucket and a
+    circuit); without one the client gets its own, from ``bucket`` / ``breaker`` when given.
     ``entry_fragment`` is the PatientEntry
     fragment text to fetch (default: the committed one; see ``selection.build_entry_fragment``).
     ``concurrency`` is how many entry batches one ``fetch_entries`` call keeps in flight.
@@ -168,6 +133,7 @@ class HealthieClient:
         concurrency: int = 1,
         breaker: CircuitBreaker | None = None,
         bucket: TokenBucket | None = None,
+        guard: Guard | None = None,
     ) -> None:
         headers = {
             "Authorization": f"Basic {api_key}",
@@ -188,9 +154,13 @@ class HealthieClient:
         self._transport = HTTPXTransport(url=url, **kwargs)
         self._client = Client(transport=self._transport, fetch_schema_from_transport=False)
         self._session = self._client.connect_sync()  # type: ignore[no-untyped-call]
-        key_id = hashlib.sha256(api_key.encode()).hexdigest()[:16]  # never the key itself
-        self.bucket: TokenBucket = bucket or bucket_for(key_id, rate_limit)
-        self.breaker = breaker or CircuitBreaker()
+        self.key_id = credential_id(api_key)  # never the key itself
+        self.guard = guard or Guard(
+            breaker=breaker or CircuitBreaker(name="Healthie"),
+            bucket=bucket or TokenBucket(rate_limit),
+        )
+        self.bucket: TokenBucket = self.guard.bucket or TokenBucket(rate_limit)
+        self.breaker = self.guard.breaker
         self.batch_size = batch_size
         self.max_complexity = max_complexity
         self.concurrency = max(1, concurrency)
@@ -204,11 +174,8 @@ class HealthieClient:
         self.warnings_seen: set[str] = set()
         self._consecutive_limits = 0
         self._stats_lock = threading.Lock()
-        self._retrying = Retrying(
-            retry=retry_if_exception(_retriable),
-            stop=stop_after_attempt(max_attempts),
-            wait=_HonourRetryAfter(),
-            reraise=True,
+        self.retry = RetryPolicy(
+            max_attempts=max_attempts, backoff=Backoff(initial=0.2, cap=10.0), max_wait=600.0
         )
 
     def use_entry_fragment(self, fragment: str) -> None:
@@ -234,8 +201,7 @@ class HealthieClient:
         Errors that name a path (one alias of a batch) are returned under ``data["__errors__"]``
         so one bad patient does not fail its whole batch.
         """
-        result: dict[str, Any] = self._retrying(self._execute_once, request, variables)
-        return result
+        return self.retry.call(lambda: self._execute_once(request, variables))
 
     def _remember_response(self, response: httpx2.Response) -> None:
         # gql hides the status of a response whose body is GraphQL JSON (a 429 or 503 with an
@@ -244,25 +210,12 @@ class HealthieClient:
         self._local.headers = response.headers
 
     def _execute_once(self, request: GraphQLRequest, variables: dict[str, Any]) -> dict[str, Any]:
-        self.breaker.before_call()
-        try:
-            data = self._attempt(request, variables)
-        except (RateLimited, UpstreamUnavailable):
-            self.breaker.record_failure()
-            raise
-        except HealthieSyncError:
-            self.breaker.record_success()  # Healthie answered; the request itself was wrong
-            raise
-        except BaseException:
-            self.breaker.release()
-            raise
-        self.breaker.record_success()
+        data = self.guard.call(lambda: self._attempt(request, variables))
         with self._stats_lock:
             self._consecutive_limits = 0
         return data
 
     def _attempt(self, request: GraphQLRequest, variables: dict[str, Any]) -> dict[str, Any]:
-        self.bucket.acquire()
         with self._stats_lock:
             self.requests_sent += 1
         self._local.status, self._local.headers = None, None
@@ -279,7 +232,7 @@ class HealthieClient:
         except TransportServerError as exc:
             raise self._map_status(exc.code, str(exc)) from exc
         except TransportConnectionFailed as exc:
-            raise UpstreamUnavailable(f"Healthie unreachable: {exc}") from exc
+            raise error_for_status(503, f"Healthie unreachable: {exc}") from exc
         except TransportProtocolError as exc:
             raise InvalidResponse("Healthie answered something that is not GraphQL") from exc
         self._log_warnings(result.extensions)
@@ -292,19 +245,27 @@ class HealthieClient:
             self._consecutive_limits += 1
             streak = self._consecutive_limits
         # Healthie gives no Retry-After with TOO_MANY_REQUESTS: 1 s, doubling while it repeats.
-        wait = pause if pause is not None else min(2.0 ** (streak - 1), 8.0)
+        wait = pause if pause is not None else _STREAK.delay(streak - 1)
         self.bucket.throttle(wait)
         return wait
 
-    def _map_status(self, code: int | None, message: str) -> Exception:
+    def _map_status(self, code: int | None, message: str) -> HealthieSyncError:
+        if code is None:
+            return InvalidResponse(f"Healthie HTTP ?: {message[:200]}")
+        wait = None
         if code == 429:
-            wait = self._throttle(_retry_after(getattr(self._local, "headers", None)))
-            return RateLimited("Healthie HTTP 429", retry_after=wait)
+            wait = self._throttle(parse_retry_after(getattr(self._local, "headers", None)))
         if code in (401, 403):
-            return ConfigurationError(f"Healthie refused the API key (HTTP {code})")
-        if code is not None and code >= 500:
-            return UpstreamUnavailable(f"Healthie HTTP {code}")
-        return InvalidResponse(f"Healthie HTTP {code}: {message[:200]}")
+            text = f"Healthie refused the API key (HTTP {code})"
+        elif code == 429 or code >= 500:
+            text = f"Healthie HTTP {code}"
+        else:
+            text = f"Healthie HTTP {code}: {message[:200]}"
+        # Healthie's GraphQL endpoint has no 409/422 semantics: any other status breaks the
+        # contract (InvalidResponse), not a target refusal.
+        return error_for_status(
+            code, text, retry_after=wait, overrides=_HEALTHIE_STATUS, default=InvalidResponse
+        )
 
     def _partial_or_raise(self, exc: TransportQueryError) -> dict[str, Any]:
         errors = exc.errors or []
@@ -398,9 +359,11 @@ class HealthieClient:
             value = data.get(f"p{i}")
             if value is not None and not isinstance(value, dict):
                 raise InvalidResponse(f"entry for patient {pid} is not an object")
-            if value is None and f"p{i}" in failures and "not found" not in failures[
-                f"p{i}"
-            ].lower():
+            if (
+                value is None
+                and f"p{i}" in failures
+                and "not found" not in failures[f"p{i}"].lower()
+            ):
                 raise InvalidResponse(f"patient {pid}: {failures[f'p{i}']}")
             out[pid] = value
         return out

@@ -176,16 +176,16 @@ def depth(document: DocumentNode) -> int:
         deepest = level - 1
         for sel in selection_set.selections:
             if isinstance(sel, FieldNode):
-                deepest = max(deepest, walk(sel.selection_set, level + 1, seen) if
-                              sel.selection_set else level)
+                deepest = max(
+                    deepest,
+                    walk(sel.selection_set, level + 1, seen) if sel.selection_set else level,
+                )
             elif isinstance(sel, InlineFragmentNode):
                 deepest = max(deepest, walk(sel.selection_set, level, seen))
             elif isinstance(sel, FragmentSpreadNode) and sel.name.value not in seen:
                 frag = fragments.get(sel.name.value)
                 if frag is not None:
-                    deepest = max(
-                        deepest, walk(frag.selection_set, level, seen | {sel.name.value})
-                    )
+                    deepest = max(deepest, walk(frag.selection_set, level, seen | {sel.name.value}))
         return deepest
 
     ops = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from gql import GraphQLRequest
 
-from app.errors import InvalidResponse
+from app.core.errors import InvalidResponse
 
 if TYPE_CHECKING:
     from app.healthie.client import HealthieClient

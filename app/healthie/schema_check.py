@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from gql import GraphQLRequest
 from graphql import GraphQLError, GraphQLSchema, build_client_schema, get_introspection_query
 
-from app.errors import ConfigurationError, InvalidResponse
+from app.core.errors import ConfigurationError, InvalidResponse
 from app.healthie import operations
 from app.healthie.selection import forbidden_selections, validate_fragment_file
 

@@ -42,7 +42,7 @@ from graphql import (
     visit,
 )
 
-from app.errors import ConfigurationError
+from app.core.errors import ConfigurationError
 from app.healthie import operations
 
 #: Types an entry must never select (session notes and clinical documentation).

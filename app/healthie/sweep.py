@@ -202,7 +202,10 @@ def webhook_health(
             status = _status_of(node)
             statuses[status.webhook_id] = status
     failures = Pages(
-        client, _request("failed_webhooks"), "sentWebhooks", {"since": _iso(since)},
+        client,
+        _request("failed_webhooks"),
+        "sentWebhooks",
+        {"since": _iso(since)},
         max_pages=max_pages,
     )
     for nodes in failures:
@@ -212,8 +215,11 @@ def webhook_health(
         if status.failed_deliveries:
             status.problems.append(
                 f"{status.failed_deliveries} failed deliveries since {_iso(since)}"
-                + (f" (last HTTP {status.last_failure_status})"
-                   if status.last_failure_status else "")
+                + (
+                    f" (last HTTP {status.last_failure_status})"
+                    if status.last_failure_status
+                    else ""
+                )
             )
     if failures.truncated:
         log.warning("webhook health: more failed deliveries than %d pages", max_pages)
@@ -275,8 +281,14 @@ def resolve_applied_tags(
     if not wanted:
         return found
     since = earliest_mark - APPLIED_TAG_LOOKBACK
-    for nodes in Pages(client, _request("sweep_applied_tags"), "appliedTags",
-                       {"since": _iso(since)}, page_size=page_size, max_pages=max_pages):
+    for nodes in Pages(
+        client,
+        _request("sweep_applied_tags"),
+        "appliedTags",
+        {"since": _iso(since)},
+        page_size=page_size,
+        max_pages=max_pages,
+    ):
         for node in nodes:
             ident = str(node.get("id"))
             if ident in wanted and node.get("user_id"):

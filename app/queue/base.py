@@ -52,9 +52,7 @@ class Queue(Protocol):
         """Create the subscription if it does not exist (idempotent)."""
         ...
 
-    def publish(
-        self, topic: str, data: bytes, attributes: Mapping[str, str] | None = None
-    ) -> str:
+    def publish(self, topic: str, data: bytes, attributes: Mapping[str, str] | None = None) -> str:
         """Publish one message; returns only after it is durably stored (its message id).
 
         Raises QueueUnavailable when the publish could not be confirmed.
@@ -93,4 +91,3 @@ class SubmittingQueue(Protocol):
     ) -> Future[list[str]]:
         """Start publishing; the future resolves with the ids once all are durably stored."""
         ...
-

@@ -11,7 +11,7 @@ How the contract maps onto Pub/Sub, and where it cannot match ``SqliteQueue`` ex
 * **Limits are clamped, not refused.** Ack deadlines become 10..600 s, ``max_delivery_attempts``
   5..100, retention 10 min..7 days, nack delays 0..600 s (rounded *up* to whole seconds, so a
   message never comes back before the delay asked for), ``max_messages`` 1..1000. A spec asking
-  for 2 delivery attempts therefore gets 5 here; ``workers.subscriber`` still dead-letters at the
+  for 2 delivery attempts therefore gets 5 here; ``workers.consumer`` still dead-letters at the
   configured count itself, so the engine's behaviour does not change.
 * **delivery_attempt** is filled by Pub/Sub only on subscriptions with a dead-letter policy
   (the engine's ``work`` subscription has one). Elsewhere it is reported as 1 on every
@@ -61,7 +61,7 @@ from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.protobuf import duration_pb2
 from google.pubsub_v1 import types
 
-from app.errors import ConfigurationError, QueueUnavailable
+from app.core.errors import ConfigurationError, QueueUnavailable
 from app.queue.base import Message, SubscriptionSpec
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 
-from app.errors import ConfigurationError, QueueUnavailable
+from app.core.errors import ConfigurationError, QueueUnavailable
 from app.queue.base import Message, SubscriptionSpec
 
 _SCHEMA = """
@@ -107,9 +107,7 @@ class SqliteQueue:
         return cached
 
     # -- publishing -------------------------------------------------------------------------
-    def publish(
-        self, topic: str, data: bytes, attributes: Mapping[str, str] | None = None
-    ) -> str:
+    def publish(self, topic: str, data: bytes, attributes: Mapping[str, str] | None = None) -> str:
         """Store the message for every matching subscription; returns its id."""
         return self.publish_many(topic, [(data, attributes or {})])[0]
 

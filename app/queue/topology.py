@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from app.models import Cadence
+from app.core.models import Cadence
+from app.core.settings import Settings
 from app.queue.base import Queue, SubscriptionSpec
-from app.settings import Settings
 
 DIRTY_TOPIC = "dirty"
 WORK_TOPIC = "work"

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from app.models import Counts, RunRecord, WritePlan
+from app.core.models import Counts, RunRecord, WritePlan
 
 
 class PatientState(BaseModel):

@@ -86,7 +86,6 @@ race: the cycle above retries it.
 from __future__ import annotations
 
 import json
-import random
 import re
 import threading
 import time
@@ -101,14 +100,16 @@ from google.api_core.retry import Retry, if_exception_type
 from google.auth import exceptions as auth_exc
 from google.cloud import firestore
 
-from app.errors import (
+from app.core.errors import (
     ConfigurationError,
+    ConflictingWrite,
     FatalError,
     HealthieSyncError,
     RateLimited,
     UpstreamUnavailable,
 )
-from app.models import Counts, RunRecord, WritePlan
+from app.core.models import Counts, RunRecord, WritePlan
+from app.resilience.retry import Backoff, RetryPolicy
 from app.state.base import AuditRecord, PatientState, PendingPatient
 
 #: Firestore's maximum document size, in its own accounting.
@@ -447,27 +448,26 @@ class FirestoreStateStore:
     def _until_unchanged(self, action: str, cycle: Callable[[], _T]) -> _T:
         """Run ``cycle`` (reads, then writes conditional on them) until its commit finds the
         documents as it read them, or ``UpstreamUnavailable`` once ``timeout`` has passed."""
-        deadline = time.monotonic() + self._timeout
-        pause = 0.01
-        while True:
-            try:
-                return cycle()
-            except _Changed as changed:
-                if time.monotonic() + pause > deadline:
-                    raise UpstreamUnavailable(
-                        f"Firestore: {action} failed: the documents kept changing under it for "
-                        f"{self._timeout:g}s (contention)"
-                    ) from changed.__cause__
-            # Jitter, not security: racing writers should not retry in lockstep.
-            time.sleep(random.uniform(0, pause))  # noqa: S311
-            pause = min(pause * 2, 0.5)
+        # Full jitter: racing writers must not retry in lockstep.
+        policy = RetryPolicy(
+            max_attempts=1_000_000,
+            backoff=Backoff(initial=0.01, cap=0.5, jitter=1.0),
+            deadline=self._timeout,
+        )
+        try:
+            return policy.call(cycle)
+        except ConflictingWrite as changed:
+            raise UpstreamUnavailable(
+                f"Firestore: {action} failed: the documents kept changing under it for "
+                f"{self._timeout:g}s (contention)"
+            ) from changed.__cause__
 
     def _commit(self, write: Callable[[], object], action: str) -> None:
-        """Run a conditional ``write``; a failed precondition raises ``_Changed``."""
+        """Run a conditional ``write``; a failed precondition raises ``ConflictingWrite``."""
         try:
             write()
         except _CONFLICTS as exc:
-            raise _Changed from exc
+            raise ConflictingWrite(f"Firestore: {action}: documents changed since read") from exc
         except (gexc.GoogleAPIError, auth_exc.GoogleAuthError) as exc:
             raise convert_error(exc, action) from exc
 
@@ -517,10 +517,6 @@ def _vendor_errors(action: str) -> Iterator[None]:
         yield
     except (gexc.GoogleAPIError, auth_exc.GoogleAuthError) as exc:
         raise convert_error(exc, action) from exc
-
-
-class _Changed(Exception):
-    """A conditional write lost a race: read again and recompute."""
 
 
 class _MonotonicClock:

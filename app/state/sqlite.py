@@ -10,12 +10,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from app.models import Counts, RunRecord
+from app.core.models import Counts, RunRecord
 from app.state.base import AuditRecord, PatientState, PendingPatient
 
 
 def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS patients (
@@ -169,8 +170,12 @@ class SqliteStateStore:
                         " ON CONFLICT (integration_id, patient_id) DO UPDATE SET"
                         " dirty_since=excluded.dirty_since, reasons=excluded.reasons,"
                         " version=pending.version+1",
-                        (integration_id, p.patient_id, _utc(since).isoformat(),
-                         json.dumps(sorted(reasons))),
+                        (
+                            integration_id,
+                            p.patient_id,
+                            _utc(since).isoformat(),
+                            json.dumps(sorted(reasons)),
+                        ),
                     )
                 self._db.execute("COMMIT")
             except BaseException:
@@ -188,8 +193,12 @@ class SqliteStateStore:
                 (integration_id, after or "", max(0, limit)),
             ).fetchall()
         return [
-            PendingPatient(patient_id=r[0], dirty_since=datetime.fromisoformat(r[1]),
-                           reasons=json.loads(r[2]), version=r[3])
+            PendingPatient(
+                patient_id=r[0],
+                dirty_since=datetime.fromisoformat(r[1]),
+                reasons=json.loads(r[2]),
+                version=r[3],
+            )
             for r in rows
         ]
 

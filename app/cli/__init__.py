@@ -1,0 +1,1 @@
+"""The ``healthie-sync`` command line (``main``)."""

@@ -1,0 +1,105 @@
+"""``healthie-sync webhooks``: Healthie's registration of the receiver (status, sync, test,
+rotate); see ``app.healthie.registration``."""
+
+from __future__ import annotations
+
+import typer
+
+from app.cli.common import open_runtime
+
+app = typer.Typer(
+    help="Healthie webhook registration: status, sync, test, rotate.", no_args_is_help=True
+)
+
+_URL = typer.Option(..., "--url", help="The engine's public base URL (https://...).")
+
+
+@app.command("status")
+def hooks_status(integration: str, url: str = _URL) -> None:
+    """What is registered at Healthie against what the integration needs, and warnings."""
+    from app.healthie.registration.status import webhook_status
+
+    runtime = open_runtime()
+    try:
+        status = webhook_status(
+            runtime.healthie(integration),
+            runtime.integration(integration),
+            url,
+            accepted_secrets=runtime.webhook_secrets(integration),
+        )
+    finally:
+        runtime.close()
+    typer.echo("in sync" if status.plan.in_sync else "drift:")
+    for step in status.plan.steps:
+        typer.echo(f"  {step}")
+    for other in status.plan.others:
+        typer.echo(f"  (left alone, other URL) {other}")
+    for warning in status.warnings:
+        typer.echo(f"warning: {warning}")
+
+
+@app.command("sync")
+def hooks_sync(integration: str, url: str = _URL) -> None:
+    """Register or fix the integration's webhook so it carries exactly the needed events."""
+    from app.healthie.registration.status import webhooks_sync
+
+    runtime = open_runtime()
+    try:
+        actions = webhooks_sync(
+            runtime.healthie(integration), runtime.integration(integration), url
+        )
+    finally:
+        runtime.close()
+    for action in actions:
+        typer.echo(str(action))
+    if not actions:
+        typer.echo("already in sync")
+
+
+@app.command("test")
+def hooks_test(
+    integration: str,
+    url: str = _URL,
+    timeout: float = typer.Option(30.0, help="Seconds to wait for the delivery."),
+) -> None:
+    """Ask Healthie to send a test webhook and confirm the engine received and verified it."""
+    from app.healthie.registration.status import confirm_arrival, engine_webhooks, send_test
+
+    runtime = open_runtime()
+    try:
+        client = runtime.healthie(integration)
+        registered = engine_webhooks(client, runtime.integration(integration), url)
+        if not registered:
+            typer.echo("no webhook registered for this integration; run 'webhooks sync' first")
+            raise typer.Exit(1)
+        sent = send_test(client, registered[0].id, receiver_url=url)
+        arrival = confirm_arrival(client, sent, receiver_url=url, timeout=timeout)
+    finally:
+        runtime.close()
+    typer.echo(f"{arrival.verdict}: {arrival.detail}")
+    if not arrival.ok:
+        raise typer.Exit(1)
+
+
+@app.command("rotate")
+def hooks_rotate(
+    integration: str,
+    url: str = _URL,
+    yes: bool = typer.Option(False, "--yes", help="Expire the signing secret now."),
+) -> None:
+    """Rotate the webhook signing secret (prints the procedure; --yes performs step 2)."""
+    from app.healthie.registration.status import engine_webhooks, rotate_secret, rotation_steps
+
+    runtime = open_runtime()
+    try:
+        client = runtime.healthie(integration)
+        config = runtime.integration(integration)
+        ids = [w.id for w in engine_webhooks(client, config, url)]
+        for line in rotation_steps(config, ids, base=url):
+            typer.echo(line)
+        if yes:
+            for rotation in rotate_secret(client, ids):
+                # the new secret goes to the secrets backend by the operator; show a fingerprint
+                typer.echo(f"rotated: {rotation}")
+    finally:
+        runtime.close()

@@ -1,0 +1,157 @@
+"""Integration configuration: one TOML file per customer integration, validated at start-up.
+
+A file looks like ``config/integrations/demo-clinic.toml``. Paths inside it are relative to the
+file. Secrets are never written here, only *references* resolved through ``app.secrets.stores``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from app.core.errors import ConfigurationError
+from app.core.models import Cadence
+
+HEALTHIE_URLS = {
+    "production": "https://api.gethealthie.com/graphql",
+    "sandbox": "https://staging-api.gethealthie.com/graphql",
+}
+DEFAULT_API_VERSION = "2026-01-01"
+
+
+class HealthieConfig(BaseModel):
+    """Where and how to reach Healthie for one integration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    environment: Literal["production", "sandbox", "local"] = "sandbox"
+    api_url: str | None = None  # required for "local"; overrides the environment's URL
+    api_key_secret: str
+    webhook_secrets: list[str] = Field(min_length=1)  # several during a rotation
+    shard_id_secret: str | None = None
+    api_version: str = DEFAULT_API_VERSION
+    # ~100 complexity points per entry; Healthie caps a request at 2000 (issue 4 estimates).
+    batch_size: int = Field(default=15, ge=1, le=100)
+    # This instance's share of the API key's limit (Healthie allows ~250 requests/s per key).
+    rate_limit: float = Field(default=250.0, gt=0, le=1000)
+    # Entry selection: extra GraphQL selections added to the PatientEntry fragment, and
+    # top-level entry fields dropped from it. Checked against the schema at start-up.
+    entry_extra_selection: str | None = None
+    entry_exclude_fields: list[str] = Field(default_factory=list)
+    # The missed-change sweep run by each flush (patients, appointments, applied tags).
+    sweep: bool = True
+
+    def url(self) -> str:
+        """The GraphQL endpoint this integration talks to."""
+        if self.api_url:
+            return self.api_url
+        if self.environment == "local":
+            raise ConfigurationError("healthie.environment = 'local' needs healthie.api_url")
+        return HEALTHIE_URLS[self.environment]
+
+
+class AgentConfig(BaseModel):
+    """Which backend turns entries into WritePlans, and from which instructions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["plan", "claude"] = "plan"
+    instructions: Path
+    plan: Path | None = None
+    model: str | None = None
+    # Message Batches for every cadence but hourly (falls back to direct calls when unavailable)
+    use_batches: bool = True
+    max_output_tokens: int = Field(default=4096, ge=256, le=64000)
+    # Entry fields the model may see (JMESPath-free top-level names); None = the whole entry.
+    visible_fields: list[str] | None = None
+
+
+class TargetConfig(BaseModel):
+    """One target system the integration writes to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
+    connector: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    credentials: dict[str, str] = Field(default_factory=dict)  # option name -> secret ref
+
+
+class Integration(BaseModel):
+    """One customer integration, as loaded and validated from its config file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    cadence: Cadence
+    mode: Literal["live", "staging"] = "live"
+    healthie: HealthieConfig
+    agent: AgentConfig
+    targets: list[TargetConfig] = Field(min_length=1)
+    events: list[str] | None = None  # extra patient-scoped event types to accept
+
+    @field_validator("cadence", mode="before")
+    @classmethod
+    def _known_cadence(cls, value: Any) -> Any:
+        allowed = [c.value for c in Cadence]
+        if isinstance(value, str) and value not in allowed:
+            hint = " Use 'weekly' for the slowest cadence." if "month" in value.lower() else ""
+            raise ValueError(f"cadence {value!r} is not one of {allowed}.{hint}")
+        return value
+
+    def target(self, name: str) -> TargetConfig:
+        """The target called ``name``; ConfigurationError when there is none."""
+        for target in self.targets:
+            if target.name == name:
+                return target
+        raise ConfigurationError(f"integration {self.id!r} has no target {name!r}")
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    agent = raw.get("agent")
+    if isinstance(agent, dict):
+        for key in ("instructions", "plan"):
+            if isinstance(agent.get(key), str):
+                agent[key] = str((base / agent[key]).resolve())
+
+
+def load_integration(path: Path) -> Integration:
+    """Parse and validate one integration file; ConfigurationError names every problem."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError(f"{path}: cannot read integration config: {exc}") from exc
+    _resolve_paths(raw, path.parent)
+    try:
+        integration = Integration.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(f"{path}: {problems}") from exc
+    if not integration.agent.instructions.is_file():
+        raise ConfigurationError(f"{path}: instructions {integration.agent.instructions} missing")
+    if integration.agent.backend == "plan" and not (
+        integration.agent.plan and integration.agent.plan.is_file()
+    ):
+        raise ConfigurationError(f"{path}: agent.backend = 'plan' needs an existing agent.plan")
+    names = [t.name for t in integration.targets]
+    if len(set(names)) != len(names):
+        raise ConfigurationError(f"{path}: target names must be unique, got {names}")
+    return integration
+
+
+def load_integrations(directory: Path) -> dict[str, Integration]:
+    """Every ``*.toml`` integration in ``directory``, keyed by id (ids must be unique)."""
+    if not directory.is_dir():
+        raise ConfigurationError(f"integration config directory {directory} does not exist")
+    found: dict[str, Integration] = {}
+    for path in sorted(directory.glob("*.toml")):
+        integration = load_integration(path)
+        if integration.id in found:
+            raise ConfigurationError(f"{path}: duplicate integration id {integration.id!r}")
+        found[integration.id] = integration
+    return found

@@ -1,0 +1,280 @@
+"""The engine's assembled parts for one process: integrations, secrets, queue, state, and the
+per-integration Healthie clients, agents and connectors built from them.
+
+Built by ``build_runtime`` (from settings) or directly (tests, demo); nothing is created at import.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import httpx2
+
+from app.core.config import Integration, load_integrations
+from app.core.errors import ConfigurationError
+from app.core.settings import Settings
+from app.healthie.client import HealthieClient
+from app.intake.stats import IntakeStats
+from app.queue.base import Queue
+from app.resilience.guard import Guards, credential_id
+from app.secrets.stores import EnvSecretStore, SecretManagerStore, SecretStore
+from app.state.base import StateStore
+
+if TYPE_CHECKING:
+    import anthropic
+
+    from app.agent.base import Agent
+    from connectors.base import Connector, TargetSchema
+
+
+class IntegrationClients:
+    """One integration's clients, each built on first use and then shared by threads: its
+    Healthie client (paced and protected by the guard of its API key), its agent (built from
+    the targets' declarations, so asking for it opens no target) and its target connectors.
+    This is what the flusher and the pipeline stages are handed; they reach nothing else."""
+
+    def __init__(self, runtime: Runtime, integration: Integration) -> None:
+        self.integration = integration
+        self._runtime = runtime
+        self._lock = threading.RLock()
+        self._healthie: HealthieClient | None = None
+        self._agent: Agent | None = None
+        self._connectors: dict[str, Connector] | None = None
+
+    @property
+    def healthie(self) -> HealthieClient:
+        """The Healthie client."""
+        with self._lock:
+            if self._healthie is None:
+                self._healthie = self._runtime.build_healthie(self.integration)
+            return self._healthie
+
+    @property
+    def targets(self) -> dict[str, TargetSchema]:
+        """The targets' declarations by target name (no connection opened)."""
+        from connectors.registry import target_schema
+
+        return {t.name: target_schema(t) for t in self.integration.targets}
+
+    @property
+    def agent(self) -> Agent:
+        """The agent backend the integration names."""
+        from app.agent.factory import build_agent
+
+        with self._lock:
+            if self._agent is None:
+                client = (
+                    self._runtime.anthropic_client()
+                    if self.integration.agent.backend == "claude"
+                    else None
+                )
+                self._agent = build_agent(self.integration, self.targets, anthropic_client=client)
+            return self._agent
+
+    @property
+    def connectors(self) -> dict[str, Connector]:
+        """The target connectors by target name (built, and connected, on first use)."""
+        from connectors.registry import build_connector
+
+        with self._lock:
+            if self._connectors is None:
+                secrets = self._runtime.secrets
+                built: dict[str, Connector] = {}
+                for target in self.integration.targets:
+                    credentials = {k: secrets.get(v) for k, v in target.credentials.items()}
+                    built[target.name] = build_connector(target, credentials)
+                self._connectors = built
+            return self._connectors
+
+    def close(self) -> None:
+        """Close what was built."""
+        with self._lock:
+            if self._healthie is not None:
+                self._healthie.close()
+            for connector in (self._connectors or {}).values():
+                connector.close()
+
+
+@dataclass
+class Runtime:
+    """The process's assembled parts (the composition root): settings, integrations, secrets,
+    queue, state, one guard per credential, and each integration's clients.
+
+    Entry points (the routes, the CLI, ``workers.consumer.drain``, ``workers.flusher.flush``)
+    take a runtime; below them every function is handed the clients it uses."""
+
+    settings: Settings
+    integrations: dict[str, Integration]
+    secrets: SecretStore
+    queue: Queue
+    state: StateStore
+    http_transport: httpx2.BaseTransport | None = None
+    stats: IntakeStats = field(default_factory=IntakeStats)
+    guards: Guards = field(default_factory=Guards)
+    _clients: dict[str, IntegrationClients] = field(default_factory=dict)
+    _webhook_secrets: dict[str, list[str]] = field(default_factory=dict)
+    _anthropic: anthropic.Anthropic | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def integration(self, integration_id: str) -> Integration:
+        """The integration, or ConfigurationError."""
+        try:
+            return self.integrations[integration_id]
+        except KeyError:
+            raise ConfigurationError(f"unknown integration {integration_id!r}") from None
+
+    def clients(self, integration_id: str) -> IntegrationClients:
+        """The integration's clients (one set per integration in the process)."""
+        with self._lock:
+            clients = self._clients.get(integration_id)
+            if clients is None:
+                clients = IntegrationClients(self, self.integration(integration_id))
+                self._clients[integration_id] = clients
+            return clients
+
+    def webhook_secrets(self, integration_id: str) -> list[str]:
+        """The signing secrets accepted for the integration (cached; see ``reload_secrets``)."""
+        cached = self._webhook_secrets.get(integration_id)
+        if cached is None:
+            refs = self.integration(integration_id).healthie.webhook_secrets
+            cached = [self.secrets.get(ref) for ref in refs]
+            self._webhook_secrets[integration_id] = cached
+        return cached
+
+    def check_secrets(self) -> list[str]:
+        """Problems resolving each integration's secrets (empty when all resolve)."""
+        problems = []
+        for integration in self.integrations.values():
+            refs = [integration.healthie.api_key_secret, *integration.healthie.webhook_secrets]
+            refs += [r for t in integration.targets for r in t.credentials.values()]
+            for ref in refs:
+                try:
+                    self.secrets.get(ref)
+                except ConfigurationError as exc:
+                    problems.append(f"{integration.id}: {exc}")
+        return problems
+
+    def reload_secrets(self) -> None:
+        """Forget cached secrets so the next request reads them again (after a rotation)."""
+        self._webhook_secrets.clear()
+
+    def healthie(self, integration_id: str) -> HealthieClient:
+        """The integration's Healthie client."""
+        return self.clients(integration_id).healthie
+
+    def agent(self, integration_id: str) -> Agent:
+        """The integration's agent backend."""
+        return self.clients(integration_id).agent
+
+    def connectors(self, integration_id: str) -> dict[str, Connector]:
+        """The integration's target connectors, by target name."""
+        return self.clients(integration_id).connectors
+
+    def build_healthie(self, integration: Integration) -> HealthieClient:
+        """A Healthie client for ``integration``, paced by its API key's guard."""
+        cfg = integration.healthie
+        api_key = self.secrets.get(cfg.api_key_secret)
+        client = HealthieClient(
+            url=cfg.url(),
+            api_key=api_key,
+            api_version=cfg.api_version,
+            shard_id=self.secrets.get(cfg.shard_id_secret) if cfg.shard_id_secret else None,
+            http_transport=self.http_transport,
+            batch_size=cfg.batch_size,
+            guard=self.guards.for_credential(
+                credential_id(api_key), rate=cfg.rate_limit, name="Healthie"
+            ),
+        )
+        if cfg.entry_extra_selection or cfg.entry_exclude_fields:
+            from app.healthie.schema_check import live_schema
+            from app.healthie.selection import build_entry_fragment
+
+            # checked against the live schema (Healthie's, or the sandbox's subset)
+            client.use_entry_fragment(
+                build_entry_fragment(
+                    live_schema(client), cfg.entry_extra_selection, cfg.entry_exclude_fields
+                )
+            )
+        return client
+
+    def anthropic_client(self) -> anthropic.Anthropic:
+        """The one Anthropic SDK client (its key from the secrets interface)."""
+        from app.agent.factory import build_anthropic_client
+
+        if self._anthropic is None:
+            ref = self.settings.anthropic_api_key_secret
+            if not ref:
+                raise ConfigurationError(
+                    "the claude backend needs HEALTHIE_SYNC_ANTHROPIC_API_KEY_SECRET "
+                    "(a secret reference holding the Anthropic API key)"
+                )
+            self._anthropic = build_anthropic_client(
+                self.secrets.get(ref), base_url=self.settings.anthropic_base_url
+            )
+        return self._anthropic
+
+    def close(self) -> None:
+        """Close every client, connector, the queue and the state store."""
+        for clients in self._clients.values():
+            clients.close()
+        self.queue.close()
+        self.state.close()
+
+
+def build_queue(settings: Settings) -> Queue:
+    """The queue backend the settings name."""
+    if settings.queue_backend == "pubsub":
+        from app.queue.pubsub import PubSubQueue
+
+        if not settings.gcp_project:
+            raise ConfigurationError("queue_backend = pubsub needs HEALTHIE_SYNC_GCP_PROJECT")
+        return PubSubQueue(project=settings.gcp_project)
+    from app.queue.sqlite import SqliteQueue
+
+    return SqliteQueue(settings.data_dir / "queue.db")
+
+
+def build_state(settings: Settings) -> StateStore:
+    """The state backend the settings name."""
+    if settings.state_backend == "firestore":
+        from google.cloud import firestore
+
+        from app.state.firestore import FirestoreStateStore
+
+        if not settings.gcp_project:
+            raise ConfigurationError("state_backend = firestore needs HEALTHIE_SYNC_GCP_PROJECT")
+        return FirestoreStateStore(
+            firestore.Client(project=settings.gcp_project), prefix=settings.firestore_prefix
+        )
+    from app.state.sqlite import SqliteStateStore
+
+    return SqliteStateStore(settings.data_dir / "state.db")
+
+
+def build_secrets(settings: Settings) -> SecretStore:
+    """The secrets backend the settings name."""
+    if settings.secrets_backend == "secret-manager":
+        from google.cloud import secretmanager
+
+        if not settings.gcp_project:
+            raise ConfigurationError("secrets_backend = secret-manager needs a GCP project")
+        return SecretManagerStore(secretmanager.SecretManagerServiceClient(), settings.gcp_project)
+    return EnvSecretStore()
+
+
+def build_runtime(settings: Settings, *, secrets: SecretStore | None = None) -> Runtime:
+    """Assemble a runtime from settings and the integration config directory."""
+    from app.queue.topology import ensure_topology_for
+
+    integrations = load_integrations(settings.config_dir)
+    queue = build_queue(settings)
+    ensure_topology_for(queue, settings)
+    return Runtime(
+        settings=settings,
+        integrations=integrations,
+        secrets=secrets or build_secrets(settings),
+        queue=queue,
+        state=build_state(settings),
+    )

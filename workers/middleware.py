@@ -1,0 +1,136 @@
+"""Hooks around the consumer's batches, in the spirit of dramatiq's middleware: the steps every
+work item goes through that are not the pipeline's data work.
+
+* :class:`PatientLeases` — before a batch, lease each item's patient so no two workers (and no
+  two items of one batch) process the same patient at once; busy items go back to the queue.
+  After the batch, release the leases.
+* :class:`AuditTrail` — after each item is settled (and before the queue hears of it), append
+  the audit record: what was written or why it was skipped (ids, operation names, kinds).
+* :class:`RunTally` — count outcomes per run; after the batch add them to each run's record
+  (workers in many processes report into one run).
+
+A hook sees work items, outcomes and settlement kinds, never an entry's values.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from app.core.models import Counts, WorkItem
+from app.state.base import AuditRecord, StateStore
+from workers.pipeline import Outcome
+
+
+def counts_of(outcome: Outcome, action: str) -> Counts:
+    """What one settled item adds to the counts (a nacked or skippable item adds nothing)."""
+    if action == "dead_letter":
+        return Counts(dead_lettered=1)
+    if outcome.status == "unchanged":
+        return Counts(skipped_unchanged=1)
+    if outcome.status in ("written", "plan_skipped"):
+        return Counts(processed=1, writes=outcome.writes)
+    return Counts()
+
+
+class Middleware:
+    """No-op hooks; a middleware overrides the ones it needs."""
+
+    def before_batch(self, items: Sequence[WorkItem]) -> Sequence[WorkItem]:
+        """The items to process now (the rest are deferred: nacked for a short while)."""
+        return items
+
+    def after_item(self, outcome: Outcome, action: str, kind: str | None) -> None:
+        """Called once per processed item, after it is settled and before the queue action
+        (``action``: ack, nack or dead_letter; ``kind``: the error kind, if it failed)."""
+
+    def after_batch(self) -> None:
+        """Called once per batch, whatever happened (also when a process is dying)."""
+
+
+class PatientLeases(Middleware):
+    """One worker per patient at a time, through leases in the state store."""
+
+    def __init__(self, state: StateStore, ttl: float) -> None:
+        self._state = state
+        self._ttl = ttl
+        self._held: list[tuple[str, str]] = []
+
+    def before_batch(self, items: Sequence[WorkItem]) -> Sequence[WorkItem]:
+        """Lease each item's patient; items whose patient is busy are left out."""
+        owner = uuid.uuid4().hex
+        kept: list[WorkItem] = []
+        seen: set[str] = set()
+        for item in items:
+            name = f"patient:{item.integration_id}:{item.patient_id}"
+            if name in seen or not self._state.try_lease(name, owner, self._ttl):
+                continue
+            seen.add(name)
+            self._held.append((name, owner))
+            kept.append(item)
+        return kept
+
+    def after_batch(self) -> None:
+        """Release every lease this batch took."""
+        held, self._held = self._held, []
+        for name, owner in held:
+            self._state.release_lease(name, owner)
+
+
+class AuditTrail(Middleware):
+    """An audit record for every item written, skipped by its plan, or skipped by kind."""
+
+    def __init__(self, state: StateStore) -> None:
+        self._state = state
+
+    def after_item(self, outcome: Outcome, action: str, kind: str | None) -> None:
+        """Record what was done (or, for a skippable error, why nothing was)."""
+        item = outcome.item
+        if outcome.status in ("written", "plan_skipped") and outcome.plan is not None:
+            plan = outcome.plan
+            self._append(
+                item,
+                outcome.status,
+                [f"{op.target}.{op.operation}" for op in plan.operations],
+                (f"replay of {item.replay_of}; " if item.replay_of else "")
+                + (plan.skip_reason or plan.rationale),
+            )
+        elif outcome.status == "failed" and action == "ack" and outcome.error is not None:
+            self._append(
+                item, f"skipped:{kind}", [], f"{type(outcome.error).__name__}: {outcome.error}"
+            )
+
+    def _append(self, item: WorkItem, outcome: str, operations: list[str], detail: str) -> None:
+        self._state.append_audit(
+            AuditRecord(
+                integration_id=item.integration_id,
+                patient_id=item.patient_id,
+                run_id=item.flush_id,
+                at=datetime.now(UTC),
+                outcome=outcome,
+                operations=operations,
+                detail=detail[:300] if outcome.startswith("skipped") else detail,
+            )
+        )
+
+
+class RunTally(Middleware):
+    """Counts per run, added to the run records once per batch."""
+
+    def __init__(self, state: StateStore) -> None:
+        self._state = state
+        self._per_run: dict[tuple[str, str], Counts] = {}
+
+    def after_item(self, outcome: Outcome, action: str, kind: str | None) -> None:
+        """Count the item's outcome for its run."""
+        delta = counts_of(outcome, action)
+        item = outcome.item
+        key = (item.integration_id, f"{item.flush_id}-{item.integration_id}")
+        self._per_run[key] = self._per_run.get(key, Counts()).add(delta)
+
+    def after_batch(self) -> None:
+        """Add each run's counts to its record."""
+        tallied, self._per_run = self._per_run, {}
+        for (integration_id, run_id), counts in tallied.items():
+            self._state.add_run_counts(integration_id, run_id, counts)

@@ -1,0 +1,222 @@
+"""The pipeline one pulled batch of work items goes through, stage by stage, forward only::
+
+    fetch ──▶ prepare ──▶ decide ──▶ write ──▶ record
+    Healthie   canonical     agent      validate,    patient state
+    (aliased   JSON, hash,   (one call  then the     (the hash that
+    batches)   unchanged?    per inte-  target       makes the next
+               stop here     gration)   connectors   run skip)
+
+:func:`run` drives the stages for the items of every integration in the batch and yields one
+:class:`Outcome` per item as soon as it has one; it never acks, nacks or dead-letters (that is
+``workers.consumer``'s one job) and it never reaches into a service locator: each stage is
+handed exactly the clients it uses (``app.service.runtime.IntegrationClients`` holds them).
+
+A failure belongs to its own item: it is captured in that item's outcome, with the WritePlan
+when the agent had already decided, so a dead letter can keep the plan for replay. Only
+exceptions that are not ``Exception`` (a dying process) escape, leaving the batch unsettled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from app.agent.base import Agent, decide_many, validate_plan
+from app.core.config import Integration
+from app.core.errors import PatientNotFound
+from app.core.models import Entry, WorkItem, WritePlan
+from app.healthie.client import HealthieClient
+from app.healthie.entry import canonicalize, content_hash
+from app.service.runtime import IntegrationClients
+from app.state.base import PatientState, StateStore
+from connectors.base import Connector, Declared
+
+Status = Literal["written", "plan_skipped", "unchanged", "failed"]
+Raw = dict[str, object] | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the pipeline did with one work item."""
+
+    item: WorkItem
+    status: Status
+    writes: int = 0
+    #: the plan, once decided (kept with a dead letter so a replay need not ask again)
+    plan: WritePlan | None = None
+    entry_hash: str | None = None
+    error: Exception | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A changed entry waiting for its plan."""
+
+    item: WorkItem
+    entry: Entry
+    previous: PatientState | None
+
+
+def run(
+    items: Sequence[WorkItem],
+    clients_for: Callable[[str], IntegrationClients],
+    state: StateStore,
+) -> Iterator[tuple[int, Outcome]]:
+    """Every item through the stages, yielding ``(index, outcome)`` as soon as an item has
+    one. The caller settles each before the pipeline goes on to the next write, so a process
+    that dies mid-batch leaves at most one item written and unacknowledged."""
+    groups: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(item.integration_id, []).append(i)
+    for integration_id, indexes in groups.items():
+        group = [items[i] for i in indexes]
+        try:
+            clients = clients_for(integration_id)
+            raw = fetch(clients.healthie, group)
+        except Exception as exc:  # noqa: BLE001 - Healthie down, no client: all items share it
+            for i, item in zip(indexes, group, strict=True):
+                yield i, Outcome(item, "failed", error=exc)
+            continue
+        for j, outcome in _run_integration(group, raw, clients, state):
+            yield indexes[j], outcome
+
+
+def _run_integration(
+    items: Sequence[WorkItem],
+    raw: Mapping[str, Raw],
+    clients: IntegrationClients,
+    state: StateStore,
+) -> Iterator[tuple[int, Outcome]]:
+    waiting: list[tuple[int, Prepared]] = []
+    for i, item in enumerate(items):
+        try:
+            prepared = prepare(state, item, raw.get(item.patient_id))
+        except Exception as exc:  # noqa: BLE001 - classified by the consumer
+            yield i, Outcome(item, "failed", error=exc)
+            continue
+        if prepared is None:
+            yield i, Outcome(item, "unchanged")
+        else:
+            waiting.append((i, prepared))
+    if not waiting:
+        return
+    try:
+        plans = decide(lambda: clients.agent, clients.integration, [p for _, p in waiting])
+    except Exception as exc:  # noqa: BLE001 - the agent failed as a whole: all share it
+        plans = [exc] * len(waiting)
+    for (i, prepared), plan in zip(waiting, plans, strict=True):
+        if isinstance(plan, Exception):
+            yield i, Outcome(prepared.item, "failed", error=plan)
+        else:
+            yield i, _write_and_record(prepared, plan, clients, state)
+
+
+def _write_and_record(
+    prepared: Prepared, plan: WritePlan, clients: IntegrationClients, state: StateStore
+) -> Outcome:
+    item, entry = prepared.item, prepared.entry
+    try:
+        writes = write(
+            clients.targets, lambda: clients.connectors, clients.integration.mode, entry, plan
+        )
+        status = record(state, prepared, plan)
+    except Exception as exc:  # noqa: BLE001 - classified by the consumer, plan kept
+        return Outcome(item, "failed", plan=plan, entry_hash=entry.content_hash, error=exc)
+    return Outcome(item, status, writes=writes, plan=plan, entry_hash=entry.content_hash)
+
+
+# -- the stages ---------------------------------------------------------------------------
+
+
+def fetch(healthie: HealthieClient, items: Sequence[WorkItem]) -> dict[str, Raw]:
+    """Stage 1: every item's raw entry from Healthie, in aliased batches (None: no patient).
+    A failure here (Healthie down, the key refused) is every item's failure."""
+    fetched: dict[str, Raw] = dict(healthie.fetch_entries([item.patient_id for item in items]))
+    return fetched
+
+
+def prepare(state: StateStore, item: WorkItem, raw: Raw) -> Prepared | None:
+    """Stage 2: the canonical entry and its hash; ``None`` when it is unchanged since the last
+    success. Raises PatientNotFound when Healthie has no such patient (``raw`` is None)."""
+    if raw is None:
+        raise PatientNotFound(f"patient {item.patient_id} not found in Healthie")
+    data = canonicalize(raw)
+    entry = Entry(
+        integration_id=item.integration_id,
+        patient_id=item.patient_id,
+        data=data,
+        content_hash=content_hash(data),
+        fetched_at=datetime.now(UTC),
+    )
+    previous = state.get_patient(item.integration_id, item.patient_id)
+    if (
+        previous is not None
+        and previous.content_hash == entry.content_hash
+        and previous.outcome in ("written", "plan_skipped")
+    ):
+        return None
+    return Prepared(item, entry, previous)
+
+
+def decide(
+    agent: Callable[[], Agent], integration: Integration, prepared: Sequence[Prepared]
+) -> list[WritePlan | Exception]:
+    """Stage 3: a plan per prepared entry, in order. A replay of an unchanged entry reuses its
+    stored plan; the rest go to the agent together (one Message Batch where the backend
+    batches), so a failed slot holds that item's error only. ``agent`` is called only when
+    some entry needs it (a Claude backend without a key must not fail replays)."""
+    plans: list[WritePlan | Exception | None] = [None] * len(prepared)
+    asking: list[int] = []
+    for i, p in enumerate(prepared):
+        if p.item.plan is not None and p.item.plan_entry_hash == p.entry.content_hash:
+            plans[i] = p.item.plan
+        else:
+            asking.append(i)
+    if asking:
+        decided = decide_many(
+            agent(), integration, [(prepared[i].entry, prepared[i].previous) for i in asking]
+        )
+        for i, plan in zip(asking, decided, strict=True):
+            plans[i] = plan
+    return [p if p is not None else RuntimeError("no plan") for p in plans]
+
+
+def write(
+    targets: Mapping[str, Declared],
+    connectors: Callable[[], Mapping[str, Connector]],
+    mode: str,
+    entry: Entry,
+    plan: WritePlan,
+) -> int:
+    """Stage 4: validate ``plan`` against the targets' declarations (the security boundary:
+    only this entry's patient, only declared operations and arguments), then execute its
+    operations in order; returns the operations run. A skip plan and staging mode write
+    nothing (staging keeps the plan with the patient's state)."""
+    validate_plan(plan, entry, targets)
+    if plan.action == "skip" or mode == "staging":
+        return 0
+    built = connectors()
+    for op in plan.operations:
+        connector = built[op.target]
+        connector.execute(op.operation, connector.validate(op.operation, op.args, plan.patient_id))
+    return len(plan.operations)
+
+
+def record(state: StateStore, prepared: Prepared, plan: WritePlan) -> Status:
+    """Stage 5: remember the entry, its hash and plan, so the next run can skip it."""
+    status: Status = "written" if plan.action == "write" else "plan_skipped"
+    item, entry = prepared.item, prepared.entry
+    state.put_patient(
+        PatientState(
+            integration_id=item.integration_id,
+            patient_id=item.patient_id,
+            content_hash=entry.content_hash,
+            entry=entry.data,
+            plan=plan,
+            outcome=status,
+            updated_at=datetime.now(UTC),
+        )
+    )
+    return status
