@@ -1,5 +1,5 @@
 """Every failure the engine can meet, grouped by what happens next. No error class is defined
-anywhere else in the engine (``tests/test_layout.py`` checks it).
+anywhere else in the engine (``tests/core/test_layout.py`` checks it).
 
 ::
 

@@ -6,7 +6,7 @@ Names map one to one: topic ``work`` is ``projects/{project}/topics/work`` and s
 for both backends. With ``PUBSUB_EMULATOR_HOST`` set, the Google clients talk to the emulator.
 
 How the contract maps onto Pub/Sub, and where it cannot match ``SqliteQueue`` exactly
-(tests/test_queue_contract.py pins these per backend):
+(tests/contracts/test_queue_contract.py pins these per backend):
 
 * **Limits are clamped, not refused.** Ack deadlines become 10..600 s, ``max_delivery_attempts``
   5..100, retention 10 min..7 days, nack delays 0..600 s (rounded *up* to whole seconds, so a

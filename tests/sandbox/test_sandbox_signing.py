@@ -10,7 +10,7 @@ import pytest
 from sandbox.signing import js_length, sign_webhook
 
 VECTORS = (
-    Path(__file__).resolve().parents[2] / "shared" / "healthie" / "webhook-signature-vectors.json"
+    Path(__file__).resolve().parents[3] / "shared" / "healthie" / "webhook-signature-vectors.json"
 )
 
 

@@ -12,7 +12,7 @@ from app.core.errors import ConfigurationError
 from app.healthie import operations
 from app.healthie.selection import build_entry_fragment, is_excluded, schema_from_file
 from sandbox.executable import SCHEMA_PATH
-from tests.test_client import entries_handler, make
+from tests.healthie.test_client import entries_handler, make
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from app.core.config import load_integration, load_integrations
 from app.core.errors import ConfigurationError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_demo_config_loads():

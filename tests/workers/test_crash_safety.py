@@ -36,7 +36,7 @@ from tests.backends import (  # noqa: F401 - the fixtures
     pubsub_emulator,
 )
 from tests.helpers import REPO
-from tests.test_workers import FakeHealthie
+from tests.workers.test_workers import FakeHealthie
 from workers.consumer import drain
 from workers.flusher import FlushResult, flush
 

@@ -21,7 +21,7 @@ from app.service.serving import serve_in_thread
 from sandbox.core import Sandbox
 from sandbox.executable import SCHEMA_PATH
 from sandbox.server import create_app
-from tests.test_client import make
+from tests.healthie.test_client import make
 
 
 @pytest.fixture(scope="module")

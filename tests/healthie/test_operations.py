@@ -12,7 +12,7 @@ from app.healthie.client import _appointments_document, _entries_document
 from app.healthie.complexity import MAX_COMPLEXITY, MAX_DEPTH, depth, estimate
 from app.healthie.schema_check import operation_documents, problems_against
 from app.healthie.selection import forbidden_selections, reached_types
-from tests.test_client import make
+from tests.healthie.test_client import make
 
 
 def _documents() -> dict[str, str]:

@@ -13,7 +13,7 @@ from app.core.errors import InvalidResponse
 from app.healthie import operations
 from app.healthie.pagination import Pages, collect
 from app.healthie.sweep import sweep_changes, webhook_health
-from tests.test_client import make
+from tests.healthie.test_client import make
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 

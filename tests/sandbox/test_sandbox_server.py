@@ -15,7 +15,7 @@ from sandbox.core import Sandbox
 from sandbox.faults import FaultConfig
 from sandbox.server import create_app
 
-OPERATIONS = Path(__file__).resolve().parents[1] / "app" / "healthie" / "operations"
+OPERATIONS = Path(__file__).resolve().parents[2] / "app" / "healthie" / "operations"
 ENTRY = (OPERATIONS / "entry.graphql").read_text(encoding="utf-8")
 
 pytestmark = pytest.mark.e2e

@@ -13,7 +13,7 @@ from app.queue.topology import WORK_DLQ_SUBSCRIPTION
 from app.service.serving import serve_in_thread
 from tests.fake_anthropic import FakeAnthropic, plan_model
 from tests.helpers import demo_runtime
-from tests.test_workers import FakeHealthie, work
+from tests.workers.test_workers import FakeHealthie, work
 from workers.consumer import drain
 
 

@@ -69,7 +69,7 @@ def test_worker_loop_processes_until_stopped(tmp_path):
     import httpx2
 
     from tests.helpers import demo_runtime
-    from tests.test_workers import FakeHealthie, work
+    from tests.workers.test_workers import FakeHealthie, work
     from workers.loop import WorkerLoop
 
     rt = demo_runtime(tmp_path, http_transport=httpx2.MockTransport(FakeHealthie()))

@@ -19,7 +19,7 @@ from tests.backends import (  # noqa: F401 - the fixtures
     pubsub_emulator,
 )
 from tests.helpers import demo_runtime
-from tests.test_workers import FakeHealthie, work
+from tests.workers.test_workers import FakeHealthie, work
 from workers.consumer import drain
 from workers.replay import ReplayFilter, list_dead_letters, replay
 

@@ -6,7 +6,7 @@ import httpx2
 
 from app.agent.report import build_report, render_markdown
 from tests.helpers import demo_runtime
-from tests.test_workers import FakeHealthie
+from tests.workers.test_workers import FakeHealthie
 from workers.dry_run import dry_run
 
 

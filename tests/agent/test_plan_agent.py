@@ -16,7 +16,7 @@ from app.healthie.entry import canonicalize, content_hash
 from app.state.base import PatientState
 from connectors.memory import MemoryConnector
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 INTEGRATION = load_integration(REPO / "config" / "integrations" / "demo-clinic.toml")
 
 

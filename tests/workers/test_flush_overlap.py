@@ -18,7 +18,7 @@ from app.core.errors import FlushInProgress
 from app.core.models import Cadence, DirtyMark, SubjectKind
 from app.queue.topology import DIRTY_TOPIC, WORK_SUBSCRIPTION, dirty_subscription
 from tests.helpers import demo_runtime
-from tests.test_workers import FakeHealthie, work
+from tests.workers.test_workers import FakeHealthie, work
 from workers.consumer import drain
 from workers.flusher import flush
 

@@ -13,7 +13,7 @@ from app.api.app import create_app
 from app.core.models import Cadence
 from app.queue.topology import dirty_subscription
 from tests.helpers import demo_runtime
-from tests.test_webhooks import PATH, signed
+from tests.intake.test_webhooks import PATH, signed
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

@@ -19,7 +19,7 @@ from graphql import (
 from sandbox.executable import SCHEMA_PATH
 from sandbox.subset import FRAGMENT_FILE_RULES, SANDBOX_SURFACE, build_subset, engine_operations
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(__file__).resolve().parents[3] / "shared"
 SHARED_SCHEMA = SHARED / "healthie" / "schema.graphql"
 
 
