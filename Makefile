@@ -21,7 +21,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check app workers connectors sandbox
+	$(BIN)/ruff format --check app workers connectors sandbox tests bench
 	$(BIN)/mypy
 
 bench: $(STAMP)

@@ -31,7 +31,7 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def healthie_schema(shared_dir: Path):  # type: ignore[no-untyped-def]
+def healthie_schema(shared_dir: Path):
     """Healthie's published schema, built once per session."""
     from graphql import build_schema
 

@@ -37,6 +37,7 @@ from app.agent.usage import TokenUsage, UsageMeter
 from app.core.config import Integration
 from app.core.errors import ConfigurationError, PlanValidationError
 from app.core.models import Cadence, Entry, WritePlan
+from app.resilience.guard import Guard
 from app.state.base import PatientState
 from connectors.base import Declared
 
@@ -89,6 +90,7 @@ class ClaudeAgent:
         meter: UsageMeter | None = None,
         poll: PollPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        guard: Guard | None = None,
     ) -> None:
         # The engine owns retries (below); stacking the SDK's would multiply attempts.
         self.client = client.with_options(max_retries=0)
@@ -118,6 +120,8 @@ class ClaudeAgent:
         self.usage = meter or UsageMeter()
         self.poll = poll or PollPolicy()
         self.sleep = sleep
+        #: the API key's circuit breaker (shared by every agent of that key in the process)
+        self.guard = guard
         #: smallest number of entries sent as a Message Batch (fewer go direct)
         self.min_batch = 2
 
@@ -148,6 +152,7 @@ class ClaudeAgent:
             max_retries=self.max_retries,
             max_wait=self.max_retry_wait,
             sleep=self.sleep,
+            guard=self.guard,
         )
 
     def _create(self, params: Mapping[str, Any]) -> Message:

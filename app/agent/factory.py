@@ -19,6 +19,7 @@ from app.agent.usage import UsageMeter
 from app.core.config import Integration
 from app.core.errors import ConfigurationError
 from app.core.models import Cadence
+from app.resilience.guard import Guard
 from connectors.base import Declared
 
 #: Seconds one Messages API call may take before it is abandoned (and retried by the queue).
@@ -48,8 +49,10 @@ def build_agent(
     *,
     anthropic_client: anthropic.Anthropic | None = None,
     meter: UsageMeter | None = None,
+    guard: Guard | None = None,
 ) -> Agent:
-    """The agent the integration's ``agent.backend`` names."""
+    """The agent the integration's ``agent.backend`` names; ``guard`` is the Anthropic key's
+    circuit breaker (``app.resilience.guard``), shared by every agent of that key."""
     cfg = integration.agent
     if cfg.backend == "plan":
         if cfg.plan is None:
@@ -70,6 +73,7 @@ def build_agent(
             connectors,
             cache_ttl="1h" if batched else None,
             meter=meter,
+            guard=guard,
         )
     raise ConfigurationError(
         f"integration {integration.id!r}: unknown agent backend {cfg.backend!r}"

@@ -123,3 +123,16 @@ def resolve_event(
             return [mark(SubjectKind.PATIENT, payload.resource_id)]
         return None  # cannot tell whose it is without calling Healthie; counted as unhandled
     return None
+
+
+def read_event(
+    integration_id: str,
+    body: bytes,
+    received_at: datetime,
+    extra_events: frozenset[str] = frozenset(),
+) -> tuple[WebhookPayload, list[DirtyMark] | None]:
+    """A verified body's payload and the marks it produces (see :func:`resolve_event`).
+
+    Raises ValueError (pydantic's ValidationError is one) when the body is not a webhook."""
+    payload = WebhookPayload.model_validate_json(body)
+    return payload, resolve_event(integration_id, payload, received_at, extra_events)

@@ -21,7 +21,7 @@ from starlette.routing import Route, Router
 
 from app.core.errors import ConfigurationError, QueueUnavailable
 from app.intake.batcher import PublishBatcher
-from app.intake.events import WebhookPayload, resolve_event
+from app.intake.events import read_event
 from app.intake.signature import verify_healthie_signature
 from app.queue.topology import DIRTY_TOPIC
 from app.service.runtime import Runtime
@@ -113,7 +113,9 @@ def build_router(runtime: Runtime) -> Router:
             log.warning("webhook rejected: bad signature (integration=%s)", integration_id)
             raise HTTPException(401, "invalid signature")
         try:
-            payload = WebhookPayload.model_validate_json(body)
+            payload, marks = read_event(
+                integration_id, body, datetime.now(UTC), frozenset(integration.events or ())
+            )
         except (ValueError, ValidationError):
             stats.count("rejected_malformed")
             raise HTTPException(400, "malformed webhook body") from None
@@ -122,12 +124,6 @@ def build_router(runtime: Runtime) -> Router:
         ):
             stats.count("duplicate", payload.event_type)
             return _answer("duplicate", 0)
-        marks = resolve_event(
-            integration_id,
-            payload,
-            datetime.now(UTC),
-            frozenset(integration.events or ()),
-        )
         if not marks:
             stats.count("ignored" if marks is None else "excluded", payload.event_type)
             return _answer("ignored", 0)

@@ -1,4 +1,5 @@
-"""The queue contract every backend satisfies (tests/contracts/test_queue_contract.py runs it on each).
+"""The queue contract every backend satisfies (tests/contracts/test_queue_contract.py runs it on
+each).
 
 Semantics follow Google Cloud Pub/Sub so the embedded backend never hides a production surprise:
 publishing to a topic fans out to every subscription whose attribute filter matches; a pulled

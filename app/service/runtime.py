@@ -65,12 +65,15 @@ class IntegrationClients:
 
         with self._lock:
             if self._agent is None:
-                client = (
-                    self._runtime.anthropic_client()
-                    if self.integration.agent.backend == "claude"
-                    else None
+                client = guard = None
+                if self.integration.agent.backend == "claude":
+                    client = self._runtime.anthropic_client()
+                    guard = self._runtime.guards.for_credential(
+                        credential_id(client.api_key or ""), name="Anthropic"
+                    )
+                self._agent = build_agent(
+                    self.integration, self.targets, anthropic_client=client, guard=guard
                 )
-                self._agent = build_agent(self.integration, self.targets, anthropic_client=client)
             return self._agent
 
     @property

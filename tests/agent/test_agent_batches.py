@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
 from app.agent.base import BatchAgent, decide_many
@@ -68,7 +70,7 @@ def test_errored_and_expired_items_are_retried_once_directly():
     with serve(fake) as client:
         plans = make_agent(client).decide_many(INTEGRATION, work)
     assert all(isinstance(p, WritePlan) for p in plans)
-    assert [p.patient_id for p in plans] == [e.patient_id for e, _ in work]
+    assert [cast(WritePlan, p).patient_id for p in plans] == [e.patient_id for e, _ in work]
     assert fake.counts["messages"] == 2
 
 
@@ -140,7 +142,7 @@ def test_decide_many_works_on_any_agent():
     work = items(3)
     assert isinstance(PLAN, BatchAgent)
     plans = decide_many(PLAN, INTEGRATION, work)
-    assert [p.patient_id for p in plans] == ["100", "101", "102"]
+    assert [cast(WritePlan, p).patient_id for p in plans] == ["100", "101", "102"]
 
     class OnlyDecide:
         name = "minimal"

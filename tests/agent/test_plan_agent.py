@@ -68,7 +68,9 @@ def entry(**overrides) -> Entry:
 
 @pytest.fixture(scope="module")
 def agent() -> PlanAgent:
-    return PlanAgent.from_file(INTEGRATION.agent.plan, INTEGRATION.agent.instructions)
+    plan = INTEGRATION.agent.plan
+    assert plan is not None
+    return PlanAgent.from_file(plan, INTEGRATION.agent.instructions)
 
 
 def test_demo_plan_maps_the_patient_and_appointments(agent):

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -72,6 +73,7 @@ BACKENDS = ["sqlite-memory", "sqlite-file", pytest.param("pubsub", marks=pytest.
 def env(request: pytest.FixtureRequest, tmp_path) -> Iterator[Env]:
     suffix = uuid.uuid4().hex[:10]
     queue: Queue
+    facts: dict[str, Any]
     if request.param == "pubsub":
         request.getfixturevalue("pubsub_emulator")
         queue = PubSubQueue(project=PROJECT, publish_timeout=10.0)
@@ -251,7 +253,7 @@ def test_filter_expression_quotes_keys_and_values():
 @pytest.mark.pubsub
 @pytest.mark.usefixtures("pubsub_emulator")
 def test_pubsub_specs_are_clamped_to_pubsub_limits():
-    from google.cloud import pubsub_v1
+    import google.cloud.pubsub_v1 as pubsub_v1
     from google.pubsub_v1 import types
 
     suffix = uuid.uuid4().hex[:10]
@@ -306,8 +308,8 @@ def test_pubsub_quoted_filter_is_accepted_and_applied():
 @pytest.mark.usefixtures("pubsub_emulator")
 def test_pubsub_emulator_applies_subscription_filters_itself():
     """The server, not this backend's own check, drops what the filter excludes."""
+    import google.cloud.pubsub_v1 as pubsub_v1
     from google.api_core.exceptions import DeadlineExceeded
-    from google.cloud import pubsub_v1
 
     suffix = uuid.uuid4().hex[:10]
     q = PubSubQueue(project=PROJECT)
@@ -351,7 +353,7 @@ def test_pubsub_emulator_applies_subscription_filters_itself():
 @pytest.mark.pubsub
 @pytest.mark.usefixtures("pubsub_emulator")
 def test_pubsub_close_is_final_and_leaves_injected_clients_open():
-    from google.cloud import pubsub_v1
+    import google.cloud.pubsub_v1 as pubsub_v1
 
     suffix = uuid.uuid4().hex[:10]
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()

@@ -29,7 +29,7 @@ from app.core.errors import (
     UpstreamUnavailable,
 )
 from app.core.models import Cadence, Counts, RunRecord, WriteOperation, WritePlan
-from app.state.base import AuditRecord, PatientState, PendingPatient
+from app.state.base import AuditRecord, PatientState, PendingPatient, StateStore
 from app.state.firestore import FirestoreStateStore, convert_error
 from app.state.sqlite import SqliteStateStore
 from tests.firestore_emulator import firestore_emulator  # noqa: F401 (fixture)
@@ -57,11 +57,12 @@ def open_store(backend, request, tmp_path):
     if backend == "firestore":
         request.getfixturevalue("firestore_emulator")
     prefix = f"test-{uuid4().hex[:12]}"
-    opened = []
+    opened: list[StateStore] = []
 
     def open_():
         if backend == "sqlite-memory" and opened:
             return opened[0]
+        s: StateStore
         if backend == "firestore":
             client = firestore.Client(project="healthie-sync-test")
             s = FirestoreStateStore(client, prefix=prefix, timeout=10)

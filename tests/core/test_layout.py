@@ -75,6 +75,8 @@ def test_no_engine_module_imports_the_sandbox():
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
+            else:
+                continue
             offenders += [
                 f"{path.relative_to(REPO)}:{node.lineno}"
                 for n in names
@@ -114,7 +116,7 @@ def test_the_cli_says_in_one_line_when_the_sandbox_is_absent(monkeypatch, capsys
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return real(name, *args, **kwargs)
 
-    monkeypatch.setattr(dev.importlib, "import_module", without_sandbox)
+    monkeypatch.setattr("app.cli.dev.importlib.import_module", without_sandbox)
     with pytest.raises(typer.Exit):
         dev.demo(patients=1, changes=0, seed=1, reset=False)
     err = capsys.readouterr().err

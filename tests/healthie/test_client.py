@@ -70,7 +70,9 @@ def test_too_many_requests_is_retried_then_succeeds():
 
     client = make(handler, api_key="k-rate")
     client.bucket.pause(0)  # shared bucket per key; start clean
-    assert client.fetch_entries(["1"])["1"]["id"] == "1"
+    entry = client.fetch_entries(["1"])["1"]
+    assert entry is not None
+    assert entry["id"] == "1"
     assert len(calls) == 2
 
 
@@ -297,7 +299,9 @@ def test_http_429_with_a_graphql_body_is_rate_limited_and_honours_retry_after():
         return entries_handler([])(request)
 
     client = make(handler, api_key="k-429-json")
-    assert client.fetch_entries(["1"])["1"]["id"] == "1"
+    entry = client.fetch_entries(["1"])["1"]
+    assert entry is not None
+    assert entry["id"] == "1"
     assert (len(calls), client.rate_limited) == (2, 1)
 
 
@@ -353,5 +357,7 @@ def test_circuit_opens_after_consecutive_failures_and_fails_fast():
     assert len(calls) == 3  # failed fast, nothing sent
     now[0] = 31.0
     healthy[0] = True
-    assert client.fetch_entries(["1"])["1"]["id"] == "1"  # the half-open probe succeeds
+    entry = client.fetch_entries(["1"])["1"]  # the half-open probe succeeds
+    assert entry is not None
+    assert entry["id"] == "1"
     assert breaker.state == "closed"

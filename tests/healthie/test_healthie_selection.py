@@ -6,7 +6,7 @@ import json
 
 import httpx2
 import pytest
-from graphql import parse, print_ast
+from graphql import FieldNode, FragmentDefinitionNode, FragmentSpreadNode, parse, print_ast
 
 from app.core.errors import ConfigurationError
 from app.healthie import operations
@@ -21,8 +21,16 @@ def sandbox_schema():
 
 
 def _top_fields(text: str) -> list[str]:
-    (entry,) = [d for d in parse(text).definitions if d.name.value == "PatientEntry"]
-    return [s.name.value for s in entry.selection_set.selections]
+    (entry,) = [
+        d
+        for d in parse(text).definitions
+        if isinstance(d, FragmentDefinitionNode) and d.name.value == "PatientEntry"
+    ]
+    names = []
+    for s in entry.selection_set.selections:
+        assert isinstance(s, FieldNode | FragmentSpreadNode)  # an inline fragment has no name
+        names.append(s.name.value)
+    return names
 
 
 def test_no_changes_gives_the_committed_selection(sandbox_schema):

@@ -88,8 +88,8 @@ def test_needed_events_are_the_receivers_events_plus_extras_never_clinical(integ
     assert needed == DEFAULTS | {"patient.merged", "task.created"}
     # every subscribed event is one the receiver turns into work (none would be "ignored")
     for event in needed:
-        payload = WebhookPayload(
-            resource_id="1", resource_id_type="User", event_type=event, user_id="2"
+        payload = WebhookPayload.model_validate(
+            {"resource_id": "1", "resource_id_type": "User", "event_type": event, "user_id": "2"}
         )
         assert resolve_event("demo-clinic", payload, DEFAULT_NOW, frozenset(["task.created"]))
 

@@ -130,7 +130,8 @@ def test_the_policy_stops_at_max_attempts_and_never_sleeps_past_max_wait():
         RetryPolicy(max_attempts=3, sleep=lambda s: None).call(down)
     assert calls == 3
 
-    calls, sleeps = 0, []
+    calls = 0
+    sleeps: list[float] = []
 
     def slow_down() -> None:
         nonlocal calls

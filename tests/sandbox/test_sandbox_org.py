@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from sandbox.core import Sandbox
 from sandbox.org import generate_org
+from tests.sandbox.records import patient_of, patients_of
 
 NOW = datetime(2026, 11, 1, 12, tzinfo=UTC)
 
@@ -34,7 +35,7 @@ def test_different_seed_different_org() -> None:
 
 def test_data_is_varied_and_realistic() -> None:
     org = generate_org(7, 400, NOW)
-    patients = [org.patient(i) for i in org.patient_ids()]
+    patients = [patient_of(org, i) for i in org.patient_ids()]
     names = " ".join(f"{p.first_name} {p.last_name}" for p in patients)
     assert any(not c.isascii() for c in names)
     assert "'" in names
@@ -53,12 +54,12 @@ def test_data_is_varied_and_realistic() -> None:
     assert group
     assert all(len(a.attendee_ids) >= 2 for a in group)
     for a in group:  # every attendee sees the group appointment
-        assert all(a.id in org.patient(u).appointment_ids for u in a.attendee_ids)
+        assert all(a.id in patient_of(org, u).appointment_ids for u in a.attendee_ids)
 
 
 def test_appointment_lookup_generates_its_owner() -> None:
     org = generate_org(7, 1000, NOW)
-    owner = next(p for p in map(org.patient, list(org.patient_ids())[500:]) if p.appointment_ids)
+    owner = next(p for p in patients_of(org, list(org.patient_ids())[500:]) if p.appointment_ids)
     appt_id = owner.appointment_ids[0]
     fresh = generate_org(7, 1000, NOW)
     assert repr(fresh.appointment(appt_id)) == repr(org.appointment(appt_id))

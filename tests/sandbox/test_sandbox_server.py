@@ -14,6 +14,7 @@ from app.service.serving import serve_in_thread
 from sandbox.core import Sandbox
 from sandbox.faults import FaultConfig
 from sandbox.server import create_app
+from tests.sandbox.records import patient_of, patients_of
 
 OPERATIONS = Path(__file__).resolve().parents[2] / "app" / "healthie" / "operations"
 ENTRY = (OPERATIONS / "entry.graphql").read_text(encoding="utf-8")
@@ -95,7 +96,7 @@ def test_aliased_batch_of_entries_returns_requested_fields(
     assert "errors" not in body
     assert [body["data"][f"p{i}"]["id"] for i in range(100)] == ids
     entry = body["data"]["p0"]
-    patient = sb.org.patient(ids[0])
+    patient = patient_of(sb.org, ids[0])
     assert entry["first_name"] == patient.first_name
     assert entry["email"] == patient.email
     expected = {
@@ -117,7 +118,7 @@ def test_appointment_resolution_sees_deleted_only_when_asked(
         a
         for a in (
             sb.org.appointment(x)
-            for p in map(sb.org.patient, sb.org.patient_ids())
+            for p in patients_of(sb.org, sb.org.patient_ids())
             for x in p.appointment_ids
         )
         if a and a.deleted_at
@@ -166,7 +167,7 @@ def test_update_client_validation_failure_returns_messages(
     client: httpx2.Client, sb: Sandbox
 ) -> None:
     query = (OPERATIONS / "update_client.graphql").read_text(encoding="utf-8")
-    before = sb.org.patient("1000003").email
+    before = patient_of(sb.org, "1000003").email
     response = gql(client, query, {"input": {"id": "1000003", "email": "not-an-email"}})
     body = response.json()
     assert response.status_code == 200
@@ -174,10 +175,10 @@ def test_update_client_validation_failure_returns_messages(
     payload = body["data"]["updateClient"]
     assert payload["user"] is None
     assert payload["messages"] == [{"field": "email", "message": "Email is invalid"}]
-    assert sb.org.patient("1000003").email == before
+    assert patient_of(sb.org, "1000003").email == before
     ok = gql(client, query, {"input": {"id": "1000003", "first_name": "Zoë"}}).json()
     assert ok["data"]["updateClient"] == {"user": {"id": "1000003"}, "messages": []}
-    assert sb.org.patient("1000003").first_name == "Zoë"
+    assert patient_of(sb.org, "1000003").first_name == "Zoë"
 
 
 def test_rate_limit_and_complexity_faults(sb: Sandbox) -> None:

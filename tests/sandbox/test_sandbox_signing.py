@@ -26,7 +26,9 @@ def _vectors() -> list[dict]:
 
 
 @pytest.mark.shared
-@pytest.mark.parametrize("vector", _vectors() or [None], ids=lambda v: v["name"] if v else "absent")
+@pytest.mark.parametrize(
+    "vector", [*_vectors()] or [None], ids=lambda v: v["name"] if v else "absent"
+)
 def test_reproduces_healthie_vectors(vector: dict | None) -> None:
     if vector is None:
         pytest.skip(f"signature vectors not found at {VECTORS} (../shared beside the repo)")

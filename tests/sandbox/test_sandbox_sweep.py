@@ -10,6 +10,7 @@ from graphql import ExecutionResult, execute, parse
 from sandbox.core import Sandbox
 from sandbox.executable import build_executable_schema
 from sandbox.generate import iso
+from tests.sandbox.records import appointment_of, patient_of, patients_of
 
 SCHEMA = build_executable_schema()
 
@@ -147,8 +148,8 @@ def test_changed_created_and_deleted_appointments(sb: Sandbox) -> None:
     run(sb, APPOINTMENTS, order="UPDATED_AT_DESC", first=1, filter="all", is_org=True)  # index
     patient = next(
         p
-        for p in map(sb.org.patient, sb.org.patient_ids())
-        if len([a for a in p.appointment_ids if not sb.org.appointment(a).deleted_at]) >= 2
+        for p in patients_of(sb.org, sb.org.patient_ids())
+        if len([a for a in p.appointment_ids if not appointment_of(sb.org, a).deleted_at]) >= 2
     )
     live = [a for a in map(sb.org.appointment, patient.appointment_ids) if a and not a.deleted_at]
     sb.update_appointment(live[0].id, pm_status="No-Show")
@@ -166,7 +167,7 @@ def test_changed_created_and_deleted_appointments(sb: Sandbox) -> None:
 def test_applied_tags_window_and_pages(sb: Sandbox) -> None:
     start = iso(sb.clock)
     assert run(sb, APPLIED, since=start)["appliedTags"]["nodes"] == []
-    tag = next(t for t in sb.org.tags if t not in sb.org.patient("1000004").applied_tags)
+    tag = next(t for t in sb.org.tags if t not in patient_of(sb.org, "1000004").applied_tags)
     sb.apply_tag("1000004", tag)
     sb.apply_tag("1000005", tag)
     recent = run(sb, APPLIED, since=start, first=10)["appliedTags"]["nodes"]

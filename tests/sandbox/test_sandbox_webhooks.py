@@ -20,6 +20,7 @@ from starlette.routing import Route
 from app.service.serving import serve_in_thread
 from sandbox.changes import ValidationFailed
 from sandbox.core import Sandbox
+from tests.sandbox.records import patient_of, patients_of
 
 pytestmark = pytest.mark.e2e
 
@@ -94,7 +95,7 @@ def test_tag_and_appointment_events(receiver, sb: Sandbox) -> None:
     url, got = receiver
     got.requests.clear()
     sb.register_webhook(f"{url}/hooks/healthie")
-    tag = next(t for t in sb.org.tags if t not in sb.org.patient("1000002").applied_tags)
+    tag = next(t for t in sb.org.tags if t not in patient_of(sb.org, "1000002").applied_tags)
     sb.apply_tag("1000002", tag)
     sb.remove_applied_tag("1000002", tag)
     created = sb.create_appointment("1000002", date="2026-11-20T15:00:00+00:00")
@@ -125,7 +126,7 @@ def test_recurring_appointment_events_are_off_unless_enabled(receiver, sb: Sandb
         a
         for a in (
             sb.org.appointment(x)
-            for p in map(sb.org.patient, sb.org.patient_ids())
+            for p in patients_of(sb.org, sb.org.patient_ids())
             for x in p.appointment_ids
         )
         if a and a.recurring_appointment and a.deleted_at is None
@@ -146,7 +147,7 @@ def test_failed_delivery_is_recorded_not_raised(receiver, sb: Sandbox) -> None:
         got.status = 200
     assert sorted(str(d.status_code) for d in change.deliveries) == ["500", "None"]
     assert all(d.failed for d in change.deliveries)
-    assert sb.org.patient("1000004").last_name == "O'Connor-Øberg"
+    assert patient_of(sb.org, "1000004").last_name == "O'Connor-Øberg"
 
 
 def test_validation_failure_changes_nothing_and_sends_nothing(receiver, sb: Sandbox) -> None:

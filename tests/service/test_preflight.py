@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from typing import cast
 
 import httpx2
 import pytest
@@ -22,7 +23,7 @@ from tests.helpers import demo_runtime
 
 
 def introspection_without(field: str) -> dict:
-    live = copy.deepcopy(introspection_from_schema(schema_from_file(SCHEMA_PATH)))
+    live = cast(dict, copy.deepcopy(introspection_from_schema(schema_from_file(SCHEMA_PATH))))
     for named in live["__schema"]["types"]:
         if named["name"] == "User":
             named["fields"] = [f for f in named["fields"] if f["name"] != field]
@@ -53,9 +54,14 @@ def test_refuses_to_start_when_an_operation_no_longer_validates(tmp_path):
 
 def test_missing_secrets_are_reported_and_skip_the_schema_check(tmp_path):
     calls: list[httpx2.Request] = []
+
+    def record(request: httpx2.Request) -> httpx2.Response:
+        calls.append(request)
+        return httpx2.Response(500)
+
     rt = demo_runtime(
         tmp_path,
-        http_transport=httpx2.MockTransport(lambda r: calls.append(r) or httpx2.Response(500)),
+        http_transport=httpx2.MockTransport(record),
     )
     rt.secrets = MemorySecretStore({})
     warnings = preflight(rt)

@@ -4,12 +4,16 @@ zero model calls for unchanged entries, and an invalid answer dead-lettered."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import httpx2
 import pytest
 
 from app.agent.batches import PollPolicy
+from app.agent.claude import ClaudeAgent
 from app.core.models import Cadence
 from app.queue.topology import WORK_DLQ_SUBSCRIPTION
+from app.secrets.stores import MemorySecretStore
 from app.service.serving import serve_in_thread
 from tests.fake_anthropic import FakeAnthropic, plan_model
 from tests.helpers import demo_runtime
@@ -31,7 +35,7 @@ def claude_runtime(tmp_path, url, cadence: Cadence):
         anthropic_api_key_secret="anthropic/key",
         anthropic_base_url=url,
     )
-    rt.secrets.set("anthropic/key", "sk-ant-test")
+    cast(MemorySecretStore, rt.secrets).set("anthropic/key", "sk-ant-test")
     integration = rt.integrations["demo-clinic"]
     rt.integrations["demo-clinic"] = integration.model_copy(
         update={
@@ -39,7 +43,9 @@ def claude_runtime(tmp_path, url, cadence: Cadence):
             "agent": integration.agent.model_copy(update={"backend": "claude"}),
         }
     )
-    rt.agent("demo-clinic").poll = PollPolicy(initial=0.01, factor=1.0, maximum=0.01)
+    cast(ClaudeAgent, rt.agent("demo-clinic")).poll = PollPolicy(
+        initial=0.01, factor=1.0, maximum=0.01
+    )
     return rt
 
 

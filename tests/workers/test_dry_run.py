@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import httpx2
 
 from app.agent.report import build_report, render_markdown
+from connectors.memory import MemoryConnector
 from tests.helpers import demo_runtime
 from tests.workers.test_workers import FakeHealthie
 from workers.dry_run import dry_run
@@ -23,7 +26,7 @@ def test_dry_run_reports_plans_and_writes_nothing(tmp_path):
     assert tagged.plan.action == "skip"
     assert missing.plan is None
     assert "not found" in (missing.error or "")
-    assert rt.connectors("demo-clinic")["warehouse"].rows == {}
+    assert cast(MemoryConnector, rt.connectors("demo-clinic")["warehouse"]).rows == {}
     assert rt.state.get_patient("demo-clinic", "1") is None
     report = build_report(items, integration_id="demo-clinic")
     markdown = render_markdown(report)

@@ -68,7 +68,12 @@ def test_failed_write_dead_letters_with_its_plan_and_replays_without_the_agent(
     agent = runtime.agent("demo-clinic")
     calls = []
     original = agent.decide
-    monkeypatch.setattr(agent, "decide", lambda *a: calls.append(a) or original(*a))
+
+    def recording_decide(*a):
+        calls.append(a)
+        return original(*a)
+
+    monkeypatch.setattr(agent, "decide", recording_decide)
     fake.patients["2"]["first_name"] = "Changed since"  # entry 2 changed: decide again
 
     preview = replay(runtime.queue, ReplayFilter(integration_id="demo-clinic"), preview=True)
@@ -159,7 +164,7 @@ def test_queue_forwarded_dead_letters_show_attempts_and_time():
         {"dead_letter_delivery_attempts": "5"},
         {"CloudPubSubDeadLetterSourceDeliveryCount": "5"},
     ):
-        dead, _ = _describe(
+        described = _describe(
             Message(
                 message_id="m",
                 data=item.model_dump_json().encode(),
@@ -169,5 +174,7 @@ def test_queue_forwarded_dead_letters_show_attempts_and_time():
                 publish_time=published,
             )
         )
+        assert described is not None
+        dead, _ = described
         assert (dead.delivery_attempt, dead.dead_lettered_at) == (5, published)
         assert ReplayFilter(since=published - timedelta(minutes=1)).matches(dead)
