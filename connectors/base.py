@@ -1,25 +1,48 @@
-"""The connector contract: typed operations declared once, executed by name.
+"""The connector platform: a connector declares typed operations and writes batches of them;
+this base does everything around that (Singer's BatchSink shape).
 
-A connector subclass declares ``operations`` (name -> ``OperationSpec`` with a pydantic argument
-model) and implements one method per operation. The agent's tool definitions and the plan
-validator are generated from these declarations, never written by hand. Every operation must be
-an idempotent upsert or delete keyed by a Healthie id, so at-least-once delivery never duplicates.
+::
 
-Declarations are usable without a connection: ``TargetSchema`` (a target's name plus its
-connector's declarations) is what the agent and the plan validator see, so asking for an agent
-never opens a target; the write stage is the only place a ``Connector`` is built and executes.
+    Connector subclass declares          the base provides
+    ─────────────────────────            ──────────────────────────────────────────────────
+    kind, description                    from_config: options validated (one-line errors),
+    options_model (pydantic)               credentials required and held as SecretStr
+    credential_names                     validate: arguments parsed, the patient boundary
+    operations: name -> OperationSpec    execute_batch: group by operation, chunk by
+    write_<operation>(batch) per op        max_batch, retry and pace through the shared
+    max_batch, rate_limit                  resilience layer (app.resilience), isolate a
+                                           failed row by bisecting its chunk
+
+Declarations are checked when the class is defined: a concrete connector (one that sets
+``kind``) whose declared operation has no ``write_<name>`` method fails at import.
+
+Every write carries its :class:`Scope` (integration, patient, run, time): a connector keys what
+it writes by the scope and the Healthie object id in the arguments, so a plan for patient A can
+never create or overwrite a record keyed for patient B, nor one integration another's.
+
+Declarations are usable without a connection: :class:`TargetSchema` (a target's name, its
+connector's declarations and its validated options) is what the agent and the plan validator
+see, so asking for an agent never opens a target.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
-from app.core.errors import PlanValidationError
+from app.core.errors import (
+    ConfigurationError,
+    FatalError,
+    HealthieSyncError,
+    PlanValidationError,
+    UpstreamUnavailable,
+)
+from app.resilience.guard import Guard
+from app.resilience.retry import Backoff, RetryPolicy
 
 
 @dataclass(frozen=True)
@@ -31,16 +54,46 @@ class OperationSpec:
     description: str
     #: argument that must equal the entry's patient id, so a plan can only touch that patient
     patient_field: str = "patient_id"
+    #: the argument whose value (with the scope) identifies the record: the idempotency key
+    key_field: str = "key"
 
 
-@dataclass(frozen=True)
+class NoOptions(BaseModel):
+    """A connector that takes no options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Whose write this is: every record a connector writes is keyed by it."""
+
+    integration_id: str
+    patient_id: str
+    run_id: str
+    synced_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One validated operation, ready for a batch."""
+
+    scope: Scope
+    operation: str
+    args: BaseModel
+    #: the target it is for (the write stage groups by it; a connector need not read it)
+    target: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class WriteResult:
-    """What one executed operation did."""
+    """What one operation did; ``error`` set means it failed (its patient's work fails)."""
 
     target: str
     operation: str
     key: str
     changed: bool = True
+    error: HealthieSyncError | None = None
 
 
 class Declared(Protocol):
@@ -66,79 +119,255 @@ class Declared(Protocol):
         ...
 
 
-def validate_operation(
-    target: Declared, operation: str, args: Mapping[str, Any], patient_id: str
-) -> BaseModel:
-    """Parsed arguments for ``target.operation``; PlanValidationError when anything is off.
+def _fields(exc: ValidationError) -> str:
+    # Field paths only: pydantic's messages can quote the input, which may be a patient value.
+    return ", ".join(".".join(str(p) for p in e["loc"]) or "(root)" for e in exc.errors())
 
-    The patient check is the security boundary: a plan for patient A can never write B.
-    """
-    spec = target.operations.get(operation)
-    if spec is None:
-        raise PlanValidationError(
-            f"target {target.name!r} ({target.kind}) has no operation {operation!r}; "
-            f"known: {sorted(target.operations)}"
+
+def options_error(target: str, kind: str, exc: ValidationError) -> ConfigurationError:
+    """A one-line configuration error naming the bad option fields (never their values)."""
+    problems = "; ".join(
+        f"options.{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}"
+        for e in exc.errors(include_input=False)
+    )
+    return ConfigurationError(f"target {target!r} ({kind}): {problems}")
+
+
+class Connector:
+    """Base class of every target connector (see the module docstring)."""
+
+    #: the config name (``connector = "sqlite"``); set on concrete classes only
+    kind: ClassVar[str]
+    description: ClassVar[str] = ""
+    operations: ClassVar[Mapping[str, OperationSpec]]
+    options_model: ClassVar[type[BaseModel]] = NoOptions
+    #: credentials the target needs (``[targets.credentials]`` name -> secret reference)
+    credential_names: ClassVar[tuple[str, ...]] = ()
+    #: operations per target request (a multi-row statement, a load, a bulk call)
+    max_batch: ClassVar[int] = 500
+    #: the vendor's published request rate per credential, requests/s (None: unpaced)
+    rate_limit: ClassVar[float | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" not in cls.__dict__:
+            return  # an intermediate base: checked in its concrete subclasses
+        declared = getattr(cls, "operations", None)
+        if not declared:
+            raise TypeError(f"connector {cls.__name__} ({cls.kind}) declares no operations")
+        missing = [n for n in declared if not callable(getattr(cls, f"write_{n}", None))]
+        if missing:
+            raise TypeError(
+                f"connector {cls.__name__} ({cls.kind}) declares operations without an "
+                f"implementation: {', '.join(f'write_{n}' for n in missing)}"
+            )
+
+    def __init__(
+        self,
+        name: str,
+        options: BaseModel | None = None,
+        credentials: Mapping[str, SecretStr] | None = None,
+        *,
+        guard: Guard | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.name = name
+        self.options = options if options is not None else self.options_model()
+        self.credentials: Mapping[str, SecretStr] = dict(credentials or {})
+        self.guard = guard or Guard()
+        self.retry = retry or RetryPolicy(
+            max_attempts=3, backoff=Backoff(initial=0.2, cap=5.0), max_wait=30.0
         )
-    try:
-        parsed = spec.args_model.model_validate(dict(args))
-    except ValidationError as exc:
-        fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
-        raise PlanValidationError(
-            f"invalid arguments for {target.name}.{operation}: {fields}"
-        ) from None
-    if str(getattr(parsed, spec.patient_field)) != patient_id:
-        raise PlanValidationError(
-            f"{target.name}.{operation} names another patient than the entry's"
+        #: target requests sent (a metric: what 1,000 patients cost)
+        self.requests = 0
+
+    # -- configuration ------------------------------------------------------------------
+    @classmethod
+    def parse_options(cls, target: str, options: Mapping[str, Any]) -> BaseModel:
+        """The validated options, or a one-line ConfigurationError naming the fields."""
+        try:
+            return cls.options_model.model_validate(dict(options))
+        except ValidationError as exc:
+            raise options_error(target, cls.kind, exc) from None
+
+    @classmethod
+    def from_config(
+        cls,
+        name: str,
+        options: Mapping[str, Any],
+        credentials: Mapping[str, str],
+        *,
+        guard: Guard | None = None,
+    ) -> Connector:
+        """Build from a target's config: options validated, every credential present."""
+        parsed = cls.parse_options(name, options)
+        missing = [c for c in cls.credential_names if not credentials.get(c)]
+        if missing:
+            raise ConfigurationError(
+                f"target {name!r} ({cls.kind}) needs credentials {missing}: add them to "
+                "[targets.credentials] as secret references"
+            )
+        secret = {k: SecretStr(v) for k, v in credentials.items()}
+        return cls(name, parsed, secret, guard=guard)
+
+    @classmethod
+    def schema(cls, name: str, options: BaseModel | None = None) -> TargetSchema:
+        """The declarations of a target named ``name`` using this connector."""
+        return TargetSchema(name, cls, options if options is not None else cls.options_model())
+
+    # -- validation ----------------------------------------------------------------------
+    def validate(self, operation: str, args: Mapping[str, Any], patient_id: str) -> BaseModel:
+        """See :meth:`TargetSchema.validate`."""
+        return self.schema(self.name, self.options).validate(operation, args, patient_id)
+
+    @classmethod
+    def check_args(cls, options: BaseModel, operation: str, args: BaseModel) -> BaseModel:
+        """Connector-specific checks of parsed arguments against the options (declared
+        tables, value sizes); returns the arguments to write. Raise PlanValidationError."""
+        return args
+
+    # -- execution -----------------------------------------------------------------------
+    def execute_batch(self, writes: Sequence[Write]) -> list[WriteResult]:
+        """Execute validated writes: grouped by operation (in order of first appearance),
+        in chunks of ``max_batch``, each chunk one call of ``write_<operation>``. Returns one
+        result per write, in order; a failure is that write's result, never an exception
+        (except a dying process)."""
+        results: list[WriteResult | None] = [None] * len(writes)
+        groups: dict[str, list[int]] = {}
+        for i, w in enumerate(writes):
+            groups.setdefault(w.operation, []).append(i)
+        for operation, indexes in groups.items():
+            for start in range(0, len(indexes), self.max_batch):
+                chunk = indexes[start : start + self.max_batch]
+                self._run_chunk(operation, chunk, writes, results)
+        return [
+            r if r is not None else self._failed(writes[i], _lost()) for i, r in enumerate(results)
+        ]
+
+    def _run_chunk(
+        self,
+        operation: str,
+        chunk: list[int],
+        writes: Sequence[Write],
+        results: list[WriteResult | None],
+    ) -> None:
+        batch = [writes[i] for i in chunk]
+        method: Callable[[Sequence[Write]], Sequence[WriteResult]] = getattr(
+            self, f"write_{operation}"
         )
-    return parsed
+
+        def send() -> Sequence[WriteResult]:
+            self.requests += 1
+            return method(batch)
+
+        try:
+            out = list(self.retry.call(lambda: self.guard.call(send)))
+        except FatalError as exc:
+            if len(chunk) == 1:
+                results[chunk[0]] = self._failed(batch[0], exc)
+                return
+            # One bad row must fail only its own patient: split until it is alone.
+            half = len(chunk) // 2
+            self._run_chunk(operation, chunk[:half], writes, results)
+            self._run_chunk(operation, chunk[half:], writes, results)
+            return
+        except HealthieSyncError as exc:  # retriable or configuration: the whole chunk
+            for i in chunk:
+                results[i] = self._failed(writes[i], exc)
+            return
+        if len(out) != len(batch):
+            raise AssertionError(
+                f"{type(self).__name__}.write_{operation} returned {len(out)} results "
+                f"for {len(batch)} writes"
+            )
+        for i, result in zip(chunk, out, strict=True):
+            results[i] = result
+
+    def _failed(self, write: Write, error: HealthieSyncError) -> WriteResult:
+        return WriteResult(self.name, write.operation, self.key_of(write), False, error)
+
+    def key_of(self, write: Write) -> str:
+        """The record key of ``write`` (its Healthie object id)."""
+        spec = self.operations[write.operation]
+        return str(getattr(write.args, spec.key_field, "") or write.scope.patient_id)
+
+    def ok(self, write: Write, *, changed: bool = True) -> WriteResult:
+        """A success result for ``write``."""
+        return WriteResult(self.name, write.operation, self.key_of(write), changed)
+
+    def reject(self, write: Write, error: HealthieSyncError) -> WriteResult:
+        """A failed result for ``write`` (for per-row refusals a batch API reports)."""
+        return self._failed(write, error)
+
+    def execute(self, operation: str, args: BaseModel, scope: Scope) -> WriteResult:
+        """One validated operation (a batch of one)."""
+        return self.execute_batch([Write(scope, operation, args)])[0]
+
+    def prune(self, scope: Scope, keep: Mapping[str, set[str]]) -> None:
+        """Mirror mode: delete the scope's records whose keys are not in ``keep`` (per table
+        or collection; a table absent from ``keep`` loses all the patient's records). Only
+        connectors that offer mirror mode implement it."""
+        raise ConfigurationError(f"target {self.name!r} ({self.kind}) has no mirror mode")
+
+    def mirror(self, scope: Scope, keep: Mapping[str, set[str]]) -> HealthieSyncError | None:
+        """:meth:`prune` through the resilience layer; the error instead of raising it."""
+        try:
+            self.retry.call(lambda: self.guard.call(lambda: self.prune(scope, keep)))
+        except HealthieSyncError as exc:
+            return exc
+        return None
+
+    @property
+    def mirrors(self) -> bool:
+        """True when this target deletes records of items gone from the entry."""
+        return getattr(self.options, "mode", "upsert") == "mirror"
+
+    def close(self) -> None:
+        """Release connections (nothing to release by default)."""
+
+
+def _lost() -> HealthieSyncError:
+    return UpstreamUnavailable("the connector returned no result for this write")
 
 
 @dataclass(frozen=True)
 class TargetSchema:
-    """A configured target's declarations, with no connection behind them."""
+    """A configured target's declarations and options, with no connection behind them."""
 
     name: str
-    kind: str
-    operations: Mapping[str, OperationSpec]
+    connector: type[Connector]
+    options: BaseModel = field(default_factory=NoOptions)
+
+    @property
+    def kind(self) -> str:
+        """The connector's config name."""
+        return self.connector.kind
+
+    @property
+    def operations(self) -> Mapping[str, OperationSpec]:
+        """Its operations by name."""
+        return self.connector.operations
 
     def validate(self, operation: str, args: Mapping[str, Any], patient_id: str) -> BaseModel:
-        """See :func:`validate_operation`."""
-        return validate_operation(self, operation, args, patient_id)
+        """Parsed arguments for ``operation``; PlanValidationError when anything is off.
 
-
-class Connector(ABC):
-    """Base class of every target connector."""
-
-    #: the config name (``connector = "sqlite"``)
-    kind: ClassVar[str]
-    operations: ClassVar[Mapping[str, OperationSpec]]
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    @classmethod
-    def from_config(
-        cls, name: str, options: Mapping[str, Any], credentials: Mapping[str, str]
-    ) -> Connector:
-        """Build from a target's config (options as written, credentials resolved). The
-        default suits a connector that takes neither; one that does overrides this."""
-        return cls(name)
-
-    @classmethod
-    def schema(cls, name: str) -> TargetSchema:
-        """The declarations of a target named ``name`` using this connector."""
-        return TargetSchema(name, cls.kind, cls.operations)
-
-    def validate(self, operation: str, args: Mapping[str, Any], patient_id: str) -> BaseModel:
-        """See :func:`validate_operation`."""
-        return validate_operation(self, operation, args, patient_id)
-
-    def execute(self, operation: str, args: BaseModel) -> WriteResult:
-        """Run one validated operation (dispatches to the method named like the operation)."""
-        method = getattr(self, operation)
-        result: WriteResult = method(args)
-        return result
-
-    @abstractmethod
-    def close(self) -> None:
-        """Release connections."""
+        The patient check is the security boundary: a plan for patient A can never write B.
+        Nothing here touches the target.
+        """
+        spec = self.operations.get(operation)
+        if spec is None:
+            raise PlanValidationError(
+                f"target {self.name!r} ({self.kind}) has no operation {operation!r}; "
+                f"known: {sorted(self.operations)}"
+            )
+        try:
+            parsed = spec.args_model.model_validate(dict(args))
+        except ValidationError as exc:
+            raise PlanValidationError(
+                f"invalid arguments for {self.name}.{operation}: {_fields(exc)}"
+            ) from None
+        if str(getattr(parsed, spec.patient_field)) != patient_id:
+            raise PlanValidationError(
+                f"{self.name}.{operation} names another patient than the entry's"
+            )
+        return self.connector.check_args(self.options, operation, parsed)

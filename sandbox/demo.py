@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING
 import httpx2
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from sqlalchemy.engine import URL, make_url
 
 import app
 from app.api.app import create_app
 from app.core.config import TargetConfig, load_integration
+from app.core.errors import ConfigurationError
 from app.core.models import Counts
 from app.core.settings import Settings
 from app.queue.sqlite import SqliteQueue
@@ -52,34 +54,73 @@ def run_demo(
     reset: bool = False,
     data_dir: Path | None = None,
     console: Console | None = None,
+    target: str = "sqlite",
+    dsn: str | None = None,
 ) -> Counts:
-    """Run the demo once and return its counts."""
+    """Run the demo once and return its counts. ``target`` is where the warehouse goes:
+    sqlite (default), csv, jsonl, excel or parquet under the data directory with no server, or
+    postgres at ``dsn`` (``postgresql://user:password@host:port/db``)."""
     from sandbox.core import Sandbox
     from sandbox.server import create_app as create_sandbox_app
 
     console = console or Console(stderr=True)
-    data = data_dir or (Settings().data_dir / "demo")
+    # Each target keeps its own state: a second target must not inherit "unchanged" verdicts.
+    data = data_dir or (Settings().data_dir / ("demo" if target == "sqlite" else f"demo-{target}"))
     if reset and data.exists():
         shutil.rmtree(data)
     data.mkdir(parents=True, exist_ok=True)
+    warehouse, secrets = demo_target(target, data, dsn)
 
     with httpx2.Client(timeout=10) as http:
         console.print(f"[bold]healthie-sync demo[/]: {patients} synthetic patients, seed {seed}")
         sandbox = Sandbox(patients=patients, seed=seed, http_client=http)
         with serve_in_thread(create_sandbox_app(sandbox)) as sandbox_url:
             console.print(f"  sandbox Healthie at {sandbox_url}/graphql", soft_wrap=True)
-            runtime = _runtime(data, sandbox_url, sandbox.api_key, sandbox.webhook_secret)
+            secrets.update({"api_key": sandbox.api_key, "webhook": sandbox.webhook_secret})
+            runtime = _runtime(data, sandbox_url, warehouse, secrets)
             try:
                 return _run(runtime, sandbox, changes, seed, http, console)
             finally:
                 runtime.close()
 
 
-def _runtime(data: Path, sandbox_url: str, api_key: str, webhook_secret: str) -> Runtime:
+FILE_TARGETS = ("csv", "jsonl", "excel", "parquet")
+TARGETS = ("sqlite", *FILE_TARGETS, "postgres")
+
+
+def demo_target(target: str, data: Path, dsn: str | None) -> tuple[TargetConfig, dict[str, str]]:
+    """The demo's warehouse target and its secrets (by secret reference)."""
+    if target == "sqlite":
+        return TargetConfig(
+            name="warehouse", connector="sqlite", options={"path": str(data / "warehouse.db")}
+        ), {}
+    if target in FILE_TARGETS:
+        (data / "warehouse").mkdir(parents=True, exist_ok=True)
+        return TargetConfig(
+            name="warehouse", connector=target, options={"path": str(data / "warehouse")}
+        ), {}
+    if target == "postgres":
+        if not dsn:
+            raise ConfigurationError("demo --target postgres needs --dsn postgresql://...")
+        url = make_url(dsn)
+        password = url.password or ""
+        # URL.set(password=None) would keep the password: build the URL without it.
+        safe = URL.create(
+            "postgresql+psycopg", url.username, None, url.host, url.port, url.database, url.query
+        )
+        return TargetConfig(
+            name="warehouse",
+            connector="postgres",
+            options={"dsn": safe.render_as_string(hide_password=False)},
+            credentials={"password": "demo-clinic/warehouse-password"},
+        ), {"demo-clinic/warehouse-password": password}
+    raise ConfigurationError(f"demo --target {target!r}: use one of {list(TARGETS)}")
+
+
+def _runtime(
+    data: Path, sandbox_url: str, warehouse: TargetConfig, secrets: dict[str, str]
+) -> Runtime:
     integration = load_integration(DEMO_CONFIG)
-    warehouse = TargetConfig(
-        name="warehouse", connector="sqlite", options={"path": str(data / "warehouse.db")}
-    )
     integration = integration.model_copy(
         update={
             "healthie": integration.healthie.model_copy(
@@ -88,10 +129,11 @@ def _runtime(data: Path, sandbox_url: str, api_key: str, webhook_secret: str) ->
             "targets": [warehouse],
         }
     )
-    secrets = MemorySecretStore(
+    store = MemorySecretStore(
         {
-            integration.healthie.api_key_secret: api_key,
-            integration.healthie.webhook_secrets[0]: webhook_secret,
+            integration.healthie.api_key_secret: secrets.pop("api_key"),
+            integration.healthie.webhook_secrets[0]: secrets.pop("webhook"),
+            **secrets,
         }
     )
     settings = Settings(data_dir=data)
@@ -100,7 +142,7 @@ def _runtime(data: Path, sandbox_url: str, api_key: str, webhook_secret: str) ->
     return Runtime(
         settings=settings,
         integrations={integration.id: integration},
-        secrets=secrets,
+        secrets=store,
         queue=queue,
         state=SqliteStateStore(data / "state.db"),
     )

@@ -17,6 +17,14 @@ from app.state.sqlite import SqliteStateStore
 REPO = Path(__file__).resolve().parents[1]
 
 
+def demo_tables() -> dict:
+    """The tables and typed columns the demo plan writes to its warehouse."""
+    from app.agent.plan import PlanAgent
+
+    plan = PlanAgent.from_file(REPO / "prompts" / "plans" / "demo-clinic.plan.json")
+    return plan.declared_tables()["warehouse"]
+
+
 def demo_runtime(
     tmp_path: Path,
     *,
@@ -35,7 +43,10 @@ def demo_runtime(
     from app.core.config import TargetConfig
 
     integration = load_integration(REPO / "config" / "integrations" / "demo-clinic.toml")
-    options = {"path": str(tmp_path / "warehouse.db")} if target == "sqlite" else {}
+    options: dict = {"path": str(tmp_path / "warehouse.db")} if target == "sqlite" else {}
+    if target == "memory":
+        # Declared as a reviewer would for the Claude backend: what the demo plan writes.
+        options["tables"] = demo_tables()
     integration = integration.model_copy(
         update={
             "healthie": integration.healthie.model_copy(update={"api_url": api_url}),

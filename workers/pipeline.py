@@ -25,13 +25,13 @@ from typing import Literal
 
 from app.agent.base import Agent, decide_many, validate_plan
 from app.core.config import Integration
-from app.core.errors import PatientNotFound
+from app.core.errors import HealthieSyncError, PatientNotFound
 from app.core.models import Entry, WorkItem, WritePlan
 from app.healthie.client import HealthieClient
 from app.healthie.entry import canonicalize, content_hash
 from app.service.runtime import IntegrationClients
 from app.state.base import PatientState, StateStore
-from connectors.base import Connector, Declared
+from connectors.base import Connector, Declared, Scope, Write
 
 Status = Literal["written", "plan_skipped", "unchanged", "failed"]
 Raw = dict[str, object] | None
@@ -65,8 +65,9 @@ def run(
     state: StateStore,
 ) -> Iterator[tuple[int, Outcome]]:
     """Every item through the stages, yielding ``(index, outcome)`` as soon as an item has
-    one. The caller settles each before the pipeline goes on to the next write, so a process
-    that dies mid-batch leaves at most one item written and unacknowledged."""
+    one: unchanged and failed items before anything is written, the rest once their batch is
+    written and recorded. Writes are acknowledged only after they are recorded, so a process
+    that dies mid-batch leaves written items to be redelivered, and rewritten idempotently."""
     groups: dict[str, list[int]] = {}
     for i, item in enumerate(items):
         groups.setdefault(item.integration_id, []).append(i)
@@ -93,6 +94,10 @@ def _run_integration(
     for i, item in enumerate(items):
         try:
             prepared = prepare(state, item, raw.get(item.patient_id))
+        except PatientNotFound as exc:
+            # Deleted, or merged into another patient: mirror targets drop the patient's rows.
+            yield i, Outcome(item, "failed", error=purge(clients, item) or exc)
+            continue
         except Exception as exc:  # noqa: BLE001 - classified by the consumer
             yield i, Outcome(item, "failed", error=exc)
             continue
@@ -106,25 +111,62 @@ def _run_integration(
         plans = decide(lambda: clients.agent, clients.integration, [p for _, p in waiting])
     except Exception as exc:  # noqa: BLE001 - the agent failed as a whole: all share it
         plans = [exc] * len(waiting)
+    decided: list[tuple[int, Prepared, WritePlan]] = []
     for (i, prepared), plan in zip(waiting, plans, strict=True):
         if isinstance(plan, Exception):
             yield i, Outcome(prepared.item, "failed", error=plan)
         else:
-            yield i, _write_and_record(prepared, plan, clients, state)
+            decided.append((i, prepared, plan))
+    if decided:
+        yield from _write_and_record(decided, clients, state)
 
 
 def _write_and_record(
-    prepared: Prepared, plan: WritePlan, clients: IntegrationClients, state: StateStore
-) -> Outcome:
-    item, entry = prepared.item, prepared.entry
+    decided: Sequence[tuple[int, Prepared, WritePlan]],
+    clients: IntegrationClients,
+    state: StateStore,
+) -> Iterator[tuple[int, Outcome]]:
+    planned: list[tuple[int, Prepared, WritePlan, list[Write]]] = []
+    for i, prepared, plan in decided:
+        try:
+            writes = validate(clients.targets, prepared, plan)
+        except Exception as exc:  # noqa: BLE001 - classified by the consumer, plan kept
+            yield i, _failed(prepared, plan, exc)
+            continue
+        planned.append((i, prepared, plan, writes))
+    if not planned:
+        return
     try:
-        writes = write(
-            clients.targets, lambda: clients.connectors, clients.integration.mode, entry, plan
+        results = write(lambda: clients.connectors, [w for *_, w in planned])
+    except Exception as exc:  # noqa: BLE001 - no connector at all: every item shares it
+        for i, prepared, plan, _ in planned:
+            yield i, _failed(prepared, plan, exc)
+        return
+    for (i, prepared, plan, writes), errors in zip(planned, results, strict=True):
+        if errors:
+            yield i, _failed(prepared, plan, errors[0])
+            continue
+        try:
+            status = record(state, prepared, plan)
+        except Exception as exc:  # noqa: BLE001 - classified by the consumer, plan kept
+            yield i, _failed(prepared, plan, exc)
+            continue
+        yield (
+            i,
+            Outcome(
+                prepared.item,
+                status,
+                writes=len(writes),
+                plan=plan,
+                entry_hash=prepared.entry.content_hash,
+            ),
         )
-        status = record(state, prepared, plan)
-    except Exception as exc:  # noqa: BLE001 - classified by the consumer, plan kept
-        return Outcome(item, "failed", plan=plan, entry_hash=entry.content_hash, error=exc)
-    return Outcome(item, status, writes=writes, plan=plan, entry_hash=entry.content_hash)
+
+
+def _failed(prepared: Prepared, plan: WritePlan, exc: Exception) -> Outcome:
+    return Outcome(
+        prepared.item, "failed", plan=plan, entry_hash=prepared.entry.content_hash, error=exc
+    )
 
 
 # -- the stages ---------------------------------------------------------------------------
@@ -183,25 +225,84 @@ def decide(
     return [p if p is not None else RuntimeError("no plan") for p in plans]
 
 
+def validate(targets: Mapping[str, Declared], prepared: Prepared, plan: WritePlan) -> list[Write]:
+    """Stage 4a: check ``plan`` against the targets' declarations (the security boundary:
+    only this entry's patient, only declared operations, tables, columns and typed values),
+    then scope each operation to the integration, patient and run. Touches no target."""
+    entry, item = prepared.entry, prepared.item
+    parsed = validate_plan(plan, entry, targets)
+    scope = Scope(
+        integration_id=item.integration_id,
+        patient_id=item.patient_id,
+        run_id=f"{item.flush_id}-{item.integration_id}",
+        synced_at=datetime.now(UTC),
+    )
+    return [
+        Write(scope, op.operation, args, op.target)
+        for op, args in zip(plan.operations, parsed, strict=True)
+    ]
+
+
 def write(
-    targets: Mapping[str, Declared],
     connectors: Callable[[], Mapping[str, Connector]],
-    mode: str,
-    entry: Entry,
-    plan: WritePlan,
-) -> int:
-    """Stage 4: validate ``plan`` against the targets' declarations (the security boundary:
-    only this entry's patient, only declared operations and arguments), then execute its
-    operations in order; returns the operations run. A skip plan and staging mode write
-    nothing (staging keeps the plan with the patient's state)."""
-    validate_plan(plan, entry, targets)
-    if plan.action == "skip" or mode == "staging":
-        return 0
+    batches: Sequence[Sequence[Write]],
+) -> list[list[HealthieSyncError]]:
+    """Stage 4b: execute every item's writes together, one batch per target (the connector
+    chunks and sizes it), and mirror-mode targets prune what the items no longer have.
+    Returns each item's errors (empty: all its writes succeeded). ``connectors`` is called
+    only when something is to be written."""
+    errors: list[list[HealthieSyncError]] = [[] for _ in batches]
+    if not any(batches):
+        return errors
     built = connectors()
-    for op in plan.operations:
-        connector = built[op.target]
-        connector.execute(op.operation, connector.validate(op.operation, op.args, plan.patient_id))
-    return len(plan.operations)
+    by_target: dict[str, list[tuple[int, Write]]] = {}
+    for n, writes in enumerate(batches):
+        for w in writes:
+            by_target.setdefault(w.target, []).append((n, w))
+    for target, owned in by_target.items():
+        results = built[target].execute_batch([w for _, w in owned])
+        for (n, _), result in zip(owned, results, strict=True):
+            if result.error is not None:
+                errors[n].append(result.error)
+    for connector in built.values():
+        if not connector.mirrors:
+            continue
+        for n, writes in enumerate(batches):
+            if writes and not errors[n]:
+                error = connector.mirror(writes[0].scope, kept_keys(writes, connector.name))
+                if error is not None:
+                    errors[n].append(error)
+    return errors
+
+
+def purge(clients: IntegrationClients, item: WorkItem) -> HealthieSyncError | None:
+    """Mirror-mode targets delete every row of a patient Healthie no longer has; the first
+    failure, if any (the item is then retried instead of skipped)."""
+    mirrored = [n for n, s in clients.targets.items() if getattr(s.options, "mode", "") == "mirror"]
+    if not mirrored:
+        return None
+    scope = Scope(
+        item.integration_id,
+        item.patient_id,
+        f"{item.flush_id}-{item.integration_id}",
+        datetime.now(UTC),
+    )
+    built = clients.connectors
+    for name in mirrored:
+        error = built[name].mirror(scope, {})
+        if error is not None:
+            return error
+    return None
+
+
+def kept_keys(writes: Sequence[Write], target: str) -> dict[str, set[str]]:
+    """Per table, the keys one item's writes to ``target`` keep (what mirror mode keeps)."""
+    keep: dict[str, set[str]] = {}
+    for w in writes:
+        table, key = getattr(w.args, "table", None), getattr(w.args, "key", None)
+        if w.target == target and w.operation != "delete_row" and table and key:
+            keep.setdefault(str(table), set()).add(str(key))
+    return keep
 
 
 def record(state: StateStore, prepared: Prepared, plan: WritePlan) -> Status:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
+from pydantic import BaseModel
+
 from app.core.config import Integration
 from app.core.errors import HealthieSyncError, PlanValidationError
 from app.core.models import Entry, WritePlan
@@ -67,19 +69,24 @@ def decide_many(
     return decide_each(agent, integration, items)
 
 
-def validate_plan(plan: WritePlan, entry: Entry, connectors: Mapping[str, Declared]) -> None:
-    """Raise PlanValidationError unless every operation targets a configured target, names an
-    operation it declares, has valid arguments, and touches only the entry's patient."""
+def validate_plan(
+    plan: WritePlan, entry: Entry, connectors: Mapping[str, Declared]
+) -> list[BaseModel]:
+    """Each operation's parsed arguments, in order; PlanValidationError unless every operation
+    targets a configured target, names an operation it declares, has valid arguments (declared
+    tables, columns, typed values) and touches only the entry's patient."""
     if plan.patient_id != entry.patient_id:
         raise PlanValidationError("plan is for another patient than the entry")
     if plan.action == "skip":
         if plan.operations:
             raise PlanValidationError("a skip plan must not carry operations")
-        return
+        return []
+    parsed: list[BaseModel] = []
     for op in plan.operations:
         connector = connectors.get(op.target)
         if connector is None:
             raise PlanValidationError(
                 f"unknown target {op.target!r}; configured: {sorted(connectors)}"
             )
-        connector.validate(op.operation, op.args, entry.patient_id)
+        parsed.append(connector.validate(op.operation, op.args, entry.patient_id))
+    return parsed

@@ -75,6 +75,13 @@ def _compile_expr(expr: str) -> Any:
         raise ConfigurationError(f"invalid JMESPath {expr!r} in plan: {exc}") from exc
 
 
+def _column_type(spec: Any) -> str:
+    transforms = spec.get("transforms", []) if isinstance(spec, dict) else []
+    names = [t if isinstance(t, str) else t.get("name") for t in transforms]
+    last = names[-1] if names else None
+    return {"bool": "boolean", "date": "date"}.get(str(last), "text")
+
+
 class PlanAgent:
     """Executes a compiled plan; the same inputs always give the same WritePlan."""
 
@@ -108,6 +115,24 @@ class PlanAgent:
             raise ConfigurationError(f"cannot load compiled plan {path}: {exc}") from exc
         text = instructions.read_text(encoding="utf-8") if instructions else None
         return cls(plan, instructions_text=text)
+
+    def declared_tables(self) -> dict[str, dict[str, dict[str, str]]]:
+        """The tables and typed columns the plan writes, per target: ``{target: {table:
+        {column: type}}}``, for targets whose operations name a constant table. A column's type
+        follows its last transform (``bool`` -> boolean, ``date`` -> date), otherwise text. The
+        write stage refuses anything a plan writes outside these declarations."""
+        out: dict[str, dict[str, dict[str, str]]] = {}
+        for step in self.plan.operations:
+            table = step.args.get("table")
+            if not (isinstance(table, dict) and isinstance(table.get("const"), str)):
+                continue
+            columns = out.setdefault(step.target, {}).setdefault(table["const"], {})
+            fields = step.args.get("values", {})
+            for column, spec in (
+                fields.get("fields", {}) if isinstance(fields, dict) else {}
+            ).items():
+                columns[column] = _column_type(spec)
+        return out
 
     def _collect(self, spec: Any) -> None:
         if isinstance(spec, dict):

@@ -33,10 +33,14 @@ def demo(
     changes: int = typer.Option(30, help="Changes made in the sandbox before the flush."),
     seed: int = typer.Option(7, help="Seed of the synthetic organization."),
     reset: bool = typer.Option(False, help="Forget previous demo state first."),
+    target: str = typer.Option(
+        "sqlite", help="sqlite | csv | jsonl | excel | parquet (no server) | postgres."
+    ),
+    dsn: str | None = typer.Option(None, help="With --target postgres: postgresql://..."),
 ) -> None:
     """Run the main job end to end on embedded defaults (no network, no credentials)."""
     counts = _dev_module("sandbox.demo").run_demo(
-        patients=patients, changes=changes, seed=seed, reset=reset
+        patients=patients, changes=changes, seed=seed, reset=reset, target=target, dsn=dsn
     )
     typer.echo(json.dumps(counts.model_dump()))
 

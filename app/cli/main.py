@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli import agent, dev, dlq, webhooks
+from app.cli import agent, dev, dlq, targets, webhooks
 from app.cli.common import open_runtime
 from app.core.models import Cadence
 
@@ -22,6 +22,8 @@ cli.command()(dev.demo)
 cli.command()(dev.sandbox)
 cli.command(name="compile")(agent.compile_plan)
 cli.command(name="dry-run")(agent.dry_run_cmd)
+cli.command()(targets.connectors)
+cli.command()(targets.validate)
 cli.add_typer(dlq.app, name="dlq")
 cli.add_typer(webhooks.app, name="webhooks")
 
@@ -167,6 +169,12 @@ def runs(
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point. A configuration mistake is one line with the fix, exit 2."""
+    from app.core.errors import ConfigurationError
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    cli()
+    try:
+        cli()
+    except ConfigurationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None

@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from app.core.errors import ConfigurationError
 from app.core.models import Cadence
@@ -78,6 +78,8 @@ class TargetConfig(BaseModel):
     connector: str
     options: dict[str, Any] = Field(default_factory=dict)
     credentials: dict[str, str] = Field(default_factory=dict)  # option name -> secret ref
+    #: options of the sandboxed copy that staging mode writes to (None: no staging copy)
+    staging: dict[str, Any] | None = None
 
 
 class Integration(BaseModel):
@@ -101,6 +103,18 @@ class Integration(BaseModel):
             hint = " Use 'weekly' for the slowest cadence." if "month" in value.lower() else ""
             raise ValueError(f"cadence {value!r} is not one of {allowed}.{hint}")
         return value
+
+    @model_validator(mode="after")
+    def _staging_needs_copies(self) -> Integration:
+        if self.mode == "staging":
+            bare = [t.name for t in self.targets if t.staging is None]
+            if bare:
+                raise ValueError(
+                    f"mode = 'staging' writes to each target's sandboxed copy, and {bare} "
+                    "declare none: add [targets.staging] options (another path, database or "
+                    "bucket) or set mode = 'live'"
+                )
+        return self
 
     def target(self, name: str) -> TargetConfig:
         """The target called ``name``; ConfigurationError when there is none."""

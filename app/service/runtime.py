@@ -6,9 +6,10 @@ Built by ``build_runtime`` (from settings) or directly (tests, demo); nothing is
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 
@@ -42,6 +43,7 @@ class IntegrationClients:
         self._healthie: HealthieClient | None = None
         self._agent: Agent | None = None
         self._connectors: dict[str, Connector] | None = None
+        self._targets: dict[str, TargetSchema] | None = None
 
     @property
     def healthie(self) -> HealthieClient:
@@ -53,10 +55,50 @@ class IntegrationClients:
 
     @property
     def targets(self) -> dict[str, TargetSchema]:
-        """The targets' declarations by target name (no connection opened)."""
+        """The targets' declarations and validated options by target name (no connection
+        opened). A bad option or an undeclared table the backend needs declared is a
+        ConfigurationError here, before any work."""
         from connectors.registry import target_schema
 
-        return {t.name: target_schema(t) for t in self.integration.targets}
+        with self._lock:
+            if self._targets is None:
+                declared = self.declarations()
+                self._targets = {
+                    t.name: target_schema(t, declared.get(t.name)) for t in self.integration.targets
+                }
+            return self._targets
+
+    def declarations(self) -> dict[str, dict[str, Any]]:
+        """Per table-shaped target, the tables it may be written: its ``options.tables``
+        merged over what the compiled plan writes. The Claude backend writes only declared
+        tables, so a table target without declarations is refused for it."""
+        from connectors.registry import connector_class
+        from connectors.tables import TableConnector
+
+        integration = self.integration
+        derived: dict[str, dict[str, dict[str, str]]] = {}
+        if integration.agent.backend == "plan" and integration.agent.plan is not None:
+            from app.agent.plan import PlanAgent
+
+            derived = PlanAgent.from_file(integration.agent.plan).declared_tables()
+        out: dict[str, dict[str, Any]] = {}
+        for target in integration.targets:
+            if not issubclass(connector_class(target), TableConnector):
+                continue
+            own = target.options.get("tables")
+            if own is None and target.name not in derived:
+                if integration.agent.backend == "claude":
+                    raise ConfigurationError(
+                        f"integration {integration.id!r}, target {target.name!r}: the claude "
+                        "backend writes only declared tables; declare them in "
+                        "[targets.options.tables] (table -> column -> type)"
+                    )
+                continue
+            tables = {k: dict(v) for k, v in derived.get(target.name, {}).items()}
+            for table, columns in (own or {}).items():
+                tables[table] = {**tables.get(table, {}), **dict(columns)}
+            out[target.name] = {"tables": tables}
+        return out
 
     @property
     def agent(self) -> Agent:
@@ -78,16 +120,47 @@ class IntegrationClients:
 
     @property
     def connectors(self) -> dict[str, Connector]:
-        """The target connectors by target name (built, and connected, on first use)."""
-        from connectors.registry import build_connector
+        """The target connectors by target name, built (and connected) on first use; in
+        staging mode, each target's declared staging copy instead."""
+        from connectors.registry import build_connector, connector_class
 
         with self._lock:
             if self._connectors is None:
-                secrets = self._runtime.secrets
+                declared = self.declarations()
+                staging = self.integration.mode == "staging"
                 built: dict[str, Connector] = {}
-                for target in self.integration.targets:
-                    credentials = {k: secrets.get(v) for k, v in target.credentials.items()}
-                    built[target.name] = build_connector(target, credentials)
+                try:
+                    for target in self.integration.targets:
+                        credentials = {
+                            k: self._runtime.secrets.get(v) for k, v in target.credentials.items()
+                        }
+                        cls = connector_class(target)
+                        guard = self._runtime.guards.for_credential(
+                            credential_id(
+                                json.dumps(
+                                    [
+                                        target.connector,
+                                        target.staging if staging else target.options,
+                                        sorted(credentials.items()),
+                                    ],
+                                    sort_keys=True,
+                                    default=str,
+                                )
+                            ),
+                            rate=cls.rate_limit,
+                            name=f"target {target.name}",
+                        )
+                        built[target.name] = build_connector(
+                            target,
+                            credentials,
+                            staging=staging,
+                            extra=declared.get(target.name),
+                            guard=guard,
+                        )
+                except BaseException:
+                    for connector in built.values():
+                        connector.close()
+                    raise
                 self._connectors = built
             return self._connectors
 
@@ -136,6 +209,12 @@ class Runtime:
                 clients = IntegrationClients(self, self.integration(integration_id))
                 self._clients[integration_id] = clients
             return clients
+
+    def check_targets(self) -> None:
+        """Validate every integration's targets (options, declared tables, connector names)
+        without connecting; ConfigurationError naming the integration and target."""
+        for integration_id in sorted(self.integrations):
+            _ = self.clients(integration_id).targets
 
     def webhook_secrets(self, integration_id: str) -> list[str]:
         """The signing secrets accepted for the integration (cached; see ``reload_secrets``)."""
@@ -274,10 +353,16 @@ def build_runtime(settings: Settings, *, secrets: SecretStore | None = None) -> 
     integrations = load_integrations(settings.config_dir)
     queue = build_queue(settings)
     ensure_topology_for(queue, settings)
-    return Runtime(
+    runtime = Runtime(
         settings=settings,
         integrations=integrations,
         secrets=secrets or build_secrets(settings),
         queue=queue,
         state=build_state(settings),
     )
+    try:
+        runtime.check_targets()  # a bad target is refused before any work
+    except BaseException:
+        runtime.close()
+        raise
+    return runtime

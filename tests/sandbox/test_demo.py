@@ -11,6 +11,7 @@ import pytest
 from rich.console import Console
 
 from sandbox.demo import run_demo
+from tests.servers.postgres import postgres_server  # noqa: F401 F811 - the fixture
 
 pytestmark = pytest.mark.e2e
 
@@ -62,3 +63,77 @@ def test_cli_prints_one_json_counts_line(tmp_path):
         "dead_lettered",
     ]
     assert counts["processed"] > 0
+
+
+def _file_rows(root) -> int:
+    """Data rows in every file under ``root`` (header lines and sheet headers excluded)."""
+    import pyarrow.parquet as pq
+    from openpyxl import load_workbook
+
+    total = 0
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        if path.suffix == ".parquet":
+            total += pq.read_table(path).num_rows
+        elif path.suffix == ".xlsx":
+            sheet = load_workbook(path, read_only=True).worksheets[0]
+            total += max(0, sum(1 for _ in sheet.iter_rows()) - 1)
+        elif path.suffix == ".csv":
+            total += max(0, len(path.read_text(encoding="utf-8").splitlines()) - 1)
+        elif path.suffix == ".jsonl":
+            total += len(path.read_text(encoding="utf-8").splitlines())
+    return total
+
+
+@pytest.mark.parametrize("target", ["csv", "jsonl", "excel", "parquet"])
+def test_a_second_demo_run_adds_no_rows_to_a_file_target(tmp_path, target):
+    import io
+
+    quiet = Console(file=io.StringIO())
+    first = run_demo(
+        patients=40, changes=10, seed=3, data_dir=tmp_path, console=quiet, target=target
+    )
+    assert (first.processed, first.dead_lettered) > (0, -1)
+    assert first.dead_lettered == 0
+    rows = _file_rows(tmp_path / "warehouse")
+    assert rows == first.writes
+    second = run_demo(
+        patients=40, changes=10, seed=3, data_dir=tmp_path, console=quiet, target=target
+    )
+    assert second.processed == 0
+    assert _file_rows(tmp_path / "warehouse") == rows
+
+
+def test_a_second_demo_run_adds_no_rows_to_postgres(tmp_path, postgres_server):  # noqa: F811
+    import io
+
+    database = postgres_server.create_database()
+    dsn = (
+        f"postgresql://{postgres_server.user}:{postgres_server.password}@"
+        f"{postgres_server.host}:{postgres_server.port}/{database}"
+    )
+    quiet = Console(file=io.StringIO())
+    first = run_demo(
+        patients=40,
+        changes=10,
+        seed=3,
+        data_dir=tmp_path,
+        console=quiet,
+        target="postgres",
+        dsn=dsn,
+    )
+    assert first.processed > 0
+    assert first.dead_lettered == 0
+    with postgres_server.connect(database) as conn:
+        count = conn.execute("SELECT COUNT(*) FROM patients").fetchone()[0]
+    second = run_demo(
+        patients=40,
+        changes=10,
+        seed=3,
+        data_dir=tmp_path,
+        console=quiet,
+        target="postgres",
+        dsn=dsn,
+    )
+    assert second.processed == 0
+    with postgres_server.connect(database) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM patients").fetchone()[0] == count

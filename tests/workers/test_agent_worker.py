@@ -57,7 +57,7 @@ def test_daily_integration_uses_one_batch_and_skips_unchanged(tmp_path, fake_mod
     assert (counts.processed, counts.dead_lettered) == (4, 0)
     assert fake.counts["batches.create"] == 1
     assert fake.counts["messages"] == 0
-    assert rt.connectors("demo-clinic")["warehouse"].rows[("patients", "3")]["first_name"] == "P3"
+    assert rt.connectors("demo-clinic")["warehouse"].table("patients")["3"]["first_name"] == "P3"
     before = sum(fake.counts.values())
     work(rt, "1", "2", "3", "4")
     again = drain(rt)

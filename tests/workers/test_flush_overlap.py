@@ -75,21 +75,24 @@ def test_many_marks_for_one_patient_make_one_work_item(runtime):
 def test_two_workers_never_process_one_patient_at_once(runtime, monkeypatch):
     monkeypatch.setattr(subscriber, "BUSY_RETRY_SECONDS", 0.2)
     warehouse = runtime.connectors("demo-clinic")["warehouse"]
-    original = warehouse.execute
+    original = warehouse.execute_batch
     active: Counter[str] = Counter()
     peak: Counter[str] = Counter()
     lock = threading.Lock()
 
-    def slow_execute(operation, args):
+    def slow_execute(writes):
+        patients = {w.scope.patient_id for w in writes}
         with lock:
-            active[args.patient_id] += 1
-            peak[args.patient_id] = max(peak[args.patient_id], active[args.patient_id])
+            for p in patients:
+                active[p] += 1
+                peak[p] = max(peak[p], active[p])
         time.sleep(0.3)
         with lock:
-            active[args.patient_id] -= 1
-        return original(operation, args)
+            for p in patients:
+                active[p] -= 1
+        return original(writes)
 
-    monkeypatch.setattr(warehouse, "execute", slow_execute)
+    monkeypatch.setattr(warehouse, "execute_batch", slow_execute)
     for _ in range(3):
         work(runtime, "1")  # three items for one patient, e.g. from overlapping flushes
 

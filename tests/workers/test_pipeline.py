@@ -1,82 +1,131 @@
-"""The pipeline's stages on their own: the write stage is the security boundary, staging
-writes nothing, and asking for an agent opens no target."""
+"""The pipeline's write stage on its own: the security boundary before any I/O, one batch per
+target for many patients, mirror pruning, and staging copies."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import cast
 
 import pytest
 
+from app.core.config import TargetConfig
 from app.core.errors import PlanValidationError
-from app.core.models import Entry, WriteOperation, WritePlan
+from app.core.models import Entry, WorkItem, WriteOperation, WritePlan
 from connectors.memory import MemoryConnector
 from tests.helpers import demo_runtime
-from workers.pipeline import write
+from workers.pipeline import Prepared, validate, write
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
+TABLES = {"patients": {"first_name": "text"}, "appointments": {"kind": "text"}}
 
 
-def entry(patient_id: str = "1") -> Entry:
-    return Entry(
+def prepared(patient_id: str = "1") -> Prepared:
+    item = WorkItem(
+        integration_id="demo-clinic", patient_id=patient_id, flush_id="f1", dirty_since=NOW
+    )
+    entry = Entry(
         integration_id="demo-clinic",
         patient_id=patient_id,
         data={"id": patient_id},
         content_hash="h",
         fetched_at=NOW,
     )
+    return Prepared(item, entry, None)
 
 
-def row_for(patient_id: str) -> WriteOperation:
+def row(patient_id: str, key: str | None = None, table: str = "patients") -> WriteOperation:
     return WriteOperation(
         target="warehouse",
         operation="upsert_row",
-        args={"table": "patients", "key": patient_id, "patient_id": patient_id, "values": {}},
+        args={"table": table, "key": key or patient_id, "patient_id": patient_id, "values": {}},
     )
+
+
+def warehouse(**options) -> MemoryConnector:
+    built = MemoryConnector.from_config("warehouse", {"tables": TABLES, **options}, {})
+    return cast(MemoryConnector, built)
 
 
 def test_a_plan_for_another_patient_is_refused_before_any_write():
     # Internally consistent (the plan and its rows all name patient 2), but the entry is
     # patient 1's: only the write stage's plan check stands between it and patient 2's rows.
-    warehouse = MemoryConnector("warehouse")
-    plan = WritePlan(patient_id="2", operations=(row_for("2"),))
+    target = warehouse()
+    plan = WritePlan(patient_id="2", operations=(row("2"),))
     with pytest.raises(PlanValidationError):
-        write({"warehouse": warehouse}, lambda: {"warehouse": warehouse}, "live", entry("1"), plan)
-    assert warehouse.rows == {}
-    assert warehouse.calls == []
+        validate({"warehouse": target}, prepared("1"), plan)
+    assert target.rows == {}
+    assert target.calls == []
 
 
-def test_an_operation_on_an_undeclared_target_is_refused_before_any_write():
-    warehouse = MemoryConnector("warehouse")
-    op = row_for("1").model_copy(update={"target": "crm"})
-    plan = WritePlan(patient_id="1", operations=(row_for("1"), op))
+def test_an_undeclared_target_or_table_is_refused_before_any_write():
+    target = warehouse()
+    crm = row("1").model_copy(update={"target": "crm"})
     with pytest.raises(PlanValidationError):
-        write({"warehouse": warehouse}, lambda: {"warehouse": warehouse}, "live", entry(), plan)
-    assert warehouse.calls == []
+        validate({"warehouse": target}, prepared(), WritePlan(patient_id="1", operations=(crm,)))
+    secret = row("1", table="secrets")
+    with pytest.raises(PlanValidationError):
+        validate({"warehouse": target}, prepared(), WritePlan(patient_id="1", operations=(secret,)))
+    assert target.calls == []
 
 
-def test_staging_validates_but_writes_nothing_and_builds_no_connector():
+def test_writes_are_scoped_to_the_integration_patient_and_run():
+    (w,) = validate(
+        {"warehouse": warehouse()},
+        prepared("1"),
+        WritePlan(patient_id="1", operations=(row("1", key="appt-9"),)),
+    )
+    assert (w.scope.integration_id, w.scope.patient_id, w.scope.run_id) == (
+        "demo-clinic",
+        "1",
+        "f1-demo-clinic",
+    )
+    assert w.target == "warehouse"
+
+
+def test_many_patients_are_written_in_one_batch_per_target():
+    target = warehouse()
+    batches = []
+    original = target.execute_batch
+
+    def recording(writes):
+        batches.append(len(writes))
+        return original(writes)
+
+    target.execute_batch = recording  # type: ignore[method-assign]
+    per_item = [
+        validate({"warehouse": target}, prepared(p), WritePlan(patient_id=p, operations=(row(p),)))
+        for p in ("1", "2", "3")
+    ]
+    errors = write(lambda: {"warehouse": target}, per_item)
+    assert errors == [[], [], []]
+    assert batches == [3]
+    assert sorted(target.table("patients")) == ["1", "2", "3"]
+
+
+def test_nothing_to_write_builds_no_connector():
     built: list[str] = []
 
     def connectors():
         built.append("built")
-        return {"warehouse": MemoryConnector("warehouse")}
+        return {}
 
-    schemas = {"warehouse": MemoryConnector.schema("warehouse")}
-    plan = WritePlan(patient_id="1", operations=(row_for("1"),))
-    assert write(schemas, connectors, "staging", entry(), plan) == 0
+    assert write(connectors, [[], []]) == [[], []]
     assert built == []
-    with pytest.raises(PlanValidationError):
-        write(schemas, connectors, "staging", entry("1"), WritePlan(patient_id="2"))
 
 
-def test_live_writes_each_operation_once():
-    warehouse = MemoryConnector("warehouse")
-    plan = WritePlan(patient_id="1", operations=(row_for("1"),))
-    assert (
-        write({"warehouse": warehouse}, lambda: {"warehouse": warehouse}, "live", entry(), plan)
-        == 1
+def test_mirror_mode_prunes_rows_of_items_gone_from_the_entry():
+    target = warehouse(mode="mirror")
+    targets = {"warehouse": target}
+    first = WritePlan(
+        patient_id="1",
+        operations=(row("1"), row("1", "a1", "appointments"), row("1", "a2", "appointments")),
     )
-    assert warehouse.calls == [("upsert_row", "1")]
+    write(lambda: targets, [validate(targets, prepared("1"), first)])
+    assert sorted(target.table("appointments")) == ["a1", "a2"]
+    second = WritePlan(patient_id="1", operations=(row("1"), row("1", "a2", "appointments")))
+    write(lambda: targets, [validate(targets, prepared("1"), second)])
+    assert sorted(target.table("appointments")) == ["a2"]
+    assert sorted(target.table("patients")) == ["1"]
 
 
 def test_asking_for_the_agent_opens_no_target(tmp_path):
@@ -90,3 +139,38 @@ def test_asking_for_the_agent_opens_no_target(tmp_path):
         assert (tmp_path / "warehouse.db").exists()
     finally:
         runtime.close()
+
+
+def test_staging_writes_to_the_declared_copy_only(tmp_path):
+    runtime = demo_runtime(tmp_path, target="sqlite")
+    integration = runtime.integrations["demo-clinic"]
+    live = {"path": str(tmp_path / "live.db")}
+    copy = {"path": str(tmp_path / "staging.db")}
+    runtime.integrations["demo-clinic"] = integration.model_copy(
+        update={
+            "mode": "staging",
+            "targets": [
+                TargetConfig(name="warehouse", connector="sqlite", options=live, staging=copy)
+            ],
+        }
+    )
+    try:
+        built = runtime.connectors("demo-clinic")["warehouse"]
+        assert built.options.path == copy["path"]  # type: ignore[attr-defined]
+    finally:
+        runtime.close()
+
+
+def test_staging_without_a_declared_copy_is_refused_at_load():
+    from app.core.config import Integration
+
+    integration = demo_runtime_integration()
+    with pytest.raises(ValueError, match="staging"):
+        Integration.model_validate({**integration.model_dump(), "mode": "staging"})
+
+
+def demo_runtime_integration():
+    from app.core.config import load_integration
+    from tests.helpers import REPO
+
+    return load_integration(REPO / "config" / "integrations" / "demo-clinic.toml")

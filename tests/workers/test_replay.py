@@ -46,10 +46,10 @@ def _fail_writes(runtime, monkeypatch):
 
     warehouse = runtime.connectors("demo-clinic")["warehouse"]
 
-    def refuse(operation, args):
+    def refuse(batch):
         raise TargetRejected("warehouse refused the row")
 
-    monkeypatch.setattr(warehouse, "execute", refuse)
+    monkeypatch.setattr(warehouse, "write_upsert_row", refuse)
     return warehouse
 
 
@@ -89,8 +89,8 @@ def test_failed_write_dead_letters_with_its_plan_and_replays_without_the_agent(
     counts = drain(runtime)
     assert (counts.processed, counts.dead_lettered) == (2, 0)
     assert len(calls) == 1  # only the changed entry went back to the agent
-    rows = runtime.connectors("demo-clinic")["warehouse"].rows
-    assert rows[("patients", "2")]["first_name"] == "Changed since"
+    rows = runtime.connectors("demo-clinic")["warehouse"].table("patients")
+    assert rows["2"]["first_name"] == "Changed since"
     audit = runtime.state.list_audit("demo-clinic", "1")
     assert audit[-1].detail.startswith("replay of ")
 

@@ -138,7 +138,7 @@ def test_process_writes_then_skips_unchanged(runtime, fake):
     counts = drain(runtime)
     assert (counts.processed, counts.skipped_unchanged, counts.writes) == (3, 0, 3)
     warehouse = runtime.connectors("demo-clinic")["warehouse"]
-    assert warehouse.rows[("patients", "2")]["first_name"] == "P2"
+    assert warehouse.table("patients")["2"]["first_name"] == "P2"
     requests_before = fake.requests
     work(runtime, "1", "2", "3")
     again = drain(runtime)
