@@ -174,3 +174,31 @@ def demo_runtime_integration():
     from tests.helpers import REPO
 
     return load_integration(REPO / "config" / "integrations" / "demo-clinic.toml")
+
+
+def test_mirror_mode_drops_every_row_of_a_patient_healthie_no_longer_has(tmp_path):
+    import httpx2
+
+    from tests.workers.test_workers import FakeHealthie, work
+    from workers.consumer import drain
+
+    fake = FakeHealthie()
+    runtime = demo_runtime(tmp_path, http_transport=httpx2.MockTransport(fake))
+    integration = runtime.integrations["demo-clinic"]
+    (target,) = integration.targets
+    mirrored = target.model_copy(update={"options": {**target.options, "mode": "mirror"}})
+    runtime.integrations["demo-clinic"] = integration.model_copy(update={"targets": [mirrored]})
+    try:
+        work(runtime, "1", "2")
+        assert drain(runtime).processed == 2
+        warehouse = cast(MemoryConnector, runtime.connectors("demo-clinic")["warehouse"])
+        assert sorted(warehouse.table("patients")) == ["1", "2"]
+        del fake.patients["1"]  # deleted in Healthie, or merged into another patient
+        work(runtime, "1")
+        drain(runtime)
+        assert sorted(warehouse.table("patients")) == ["2"]
+        assert runtime.state.list_audit("demo-clinic", "1")[-1].outcome == (
+            "skipped:patient_not_found"
+        )
+    finally:
+        runtime.close()
