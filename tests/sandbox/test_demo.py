@@ -75,8 +75,11 @@ def _file_rows(root) -> int:
         if path.suffix == ".parquet":
             total += pq.read_table(path).num_rows
         elif path.suffix == ".xlsx":
-            sheet = load_workbook(path, read_only=True).worksheets[0]
-            total += max(0, sum(1 for _ in sheet.iter_rows()) - 1)
+            book = load_workbook(path, read_only=True)
+            try:
+                total += max(0, sum(1 for _ in book.worksheets[0].iter_rows()) - 1)
+            finally:
+                book.close()
         elif path.suffix == ".csv":
             total += max(0, len(path.read_text(encoding="utf-8").splitlines()) - 1)
         elif path.suffix == ".jsonl":
