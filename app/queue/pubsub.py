@@ -54,10 +54,10 @@ from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any
 
+import google.cloud.pubsub_v1 as pubsub_v1
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry, if_exception_type
 from google.auth.exceptions import GoogleAuthError
-from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.protobuf import duration_pb2
 from google.pubsub_v1 import types
 

@@ -11,6 +11,7 @@ import pytest
 from app.core.config import TargetConfig
 from app.core.errors import PlanValidationError
 from app.core.models import Entry, WorkItem, WriteOperation, WritePlan
+from app.state.sqlite import SqliteStateStore
 from connectors.memory import MemoryConnector
 from tests.helpers import demo_runtime
 from workers.pipeline import Prepared, validate, write
@@ -197,8 +198,7 @@ def test_mirror_mode_drops_every_row_of_a_patient_healthie_no_longer_has(tmp_pat
         work(runtime, "1")
         drain(runtime)
         assert sorted(warehouse.table("patients")) == ["2"]
-        assert runtime.state.list_audit("demo-clinic", "1")[-1].outcome == (
-            "skipped:patient_not_found"
-        )
+        audit = cast(SqliteStateStore, runtime.state).list_audit("demo-clinic", "1")
+        assert audit[-1].outcome == ("skipped:patient_not_found")
     finally:
         runtime.close()
