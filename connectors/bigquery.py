@@ -48,7 +48,6 @@ from typing import Any, ClassVar, TypeVar
 import requests
 from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
-from google.api_core.retry import Retry
 from google.auth import exceptions as gauth
 from google.auth.transport.requests import AuthorizedSession
 from google.cloud import bigquery
@@ -62,7 +61,7 @@ from app.core.errors import (
     TargetRejected,
     UpstreamUnavailable,
 )
-from app.resilience.retry import parse_retry_after
+from app.resilience.retry import google_no_retry, parse_retry_after
 from app.resilience.status import error_for_status
 from connectors.base import Scope, Write, WriteResult
 from connectors.tables import (
@@ -95,7 +94,7 @@ _QUERY_WAIT = 120.0  # seconds a DML job may take before the call gives up
 # jobs.query bodies are capped at 10 MB (cloud.google.com/bigquery/quotas, "API request
 # limits"); a chunk of large rows is split into several statements below that.
 _MAX_PARAM_BYTES = 8_000_000
-_NO_RETRY = Retry(predicate=lambda _exc: False)  # the platform's RetryPolicy retries
+_NO_RETRY = google_no_retry()  # the platform's RetryPolicy retries
 
 
 class BigQueryOptions(TableOptions):

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import anthropic
-from tenacity import RetryCallState
 
 from app.core.errors import (
     ConfigurationError,
@@ -24,7 +23,7 @@ from app.core.errors import (
     UpstreamUnavailable,
 )
 from app.resilience.guard import Guard
-from app.resilience.retry import Backoff, RetryPolicy, parse_retry_after
+from app.resilience.retry import Backoff, RetryCallState, RetryPolicy, parse_retry_after
 from app.resilience.status import ErrorClass, error_for_status
 
 log = logging.getLogger(__name__)

@@ -56,13 +56,13 @@ from typing import Any
 
 import google.cloud.pubsub_v1 as pubsub_v1
 from google.api_core import exceptions as gexc
-from google.api_core.retry import Retry, if_exception_type
 from google.auth.exceptions import GoogleAuthError
 from google.protobuf import duration_pb2
 from google.pubsub_v1 import types
 
 from app.core.errors import ConfigurationError, QueueUnavailable
 from app.queue.base import Message, SubscriptionSpec
+from app.resilience.retry import Backoff, google_rpc_retry
 
 log = logging.getLogger(__name__)
 
@@ -149,12 +149,10 @@ class PubSubQueue:
             ) from exc
         self._publish_timeout = publish_timeout
         self._pull_timeout = pull_timeout
-        self._retry = Retry(
-            predicate=if_exception_type(*_TRANSIENT),
-            initial=0.1,
-            maximum=max(0.1, publish_timeout / 4),
-            multiplier=2.0,
-            timeout=publish_timeout,
+        self._retry = google_rpc_retry(
+            _TRANSIENT,
+            backoff=Backoff(initial=0.1, cap=max(0.1, publish_timeout / 4)),
+            deadline=publish_timeout,
         )
         # Filters this queue created, checked again on pull (see the module docstring).
         self._filters: dict[str, Mapping[str, str]] = {}

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from tenacity import (
     RetryCallState,
@@ -156,3 +156,43 @@ class RetryPolicy:
         """``fn()``, retried under this policy."""
         result: T = self.retrying()(fn)
         return result
+
+
+def google_rpc_retry(
+    transient: tuple[type[Exception], ...], *, backoff: Backoff, deadline: float
+) -> Any:
+    """The retry the Google Cloud clients (Pub/Sub, Firestore) run inside one RPC, built from
+    this module's back-off: ``backoff.initial`` doubling to ``backoff.cap`` with Google's own
+    jitter, on ``transient`` errors, for at most ``deadline`` seconds. Those clients retry
+    within their deadline and streaming semantics, so the policy is handed to them rather
+    than wrapped around them; what is still failing then surfaces as an engine error."""
+    from google.api_core.retry import Retry, if_exception_type
+
+    return Retry(
+        predicate=if_exception_type(*transient),
+        initial=backoff.initial,
+        maximum=max(backoff.initial, min(backoff.cap, deadline)),
+        multiplier=2.0,
+        timeout=deadline,
+    )
+
+
+def google_no_retry() -> Any:
+    """A Google client retry that never retries: for clients whose calls run inside this
+    module's :class:`RetryPolicy` (so retries are not stacked)."""
+    from google.api_core.retry import Retry
+
+    return Retry(predicate=lambda _exc: False)
+
+
+__all__ = [
+    "REDELIVERY",
+    "Backoff",
+    "RetryCallState",
+    "RetryPolicy",
+    "google_no_retry",
+    "google_rpc_retry",
+    "is_retriable",
+    "parse_retry_after",
+    "redelivery_delay",
+]

@@ -96,7 +96,6 @@ from functools import partial
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
-from google.api_core.retry import Retry, if_exception_type
 from google.auth import exceptions as auth_exc
 from google.cloud import firestore
 
@@ -109,7 +108,7 @@ from app.core.errors import (
     UpstreamUnavailable,
 )
 from app.core.models import Counts, RunRecord, WritePlan
-from app.resilience.retry import Backoff, RetryPolicy
+from app.resilience.retry import Backoff, RetryPolicy, google_rpc_retry
 from app.state.base import AuditRecord, PatientState, PendingPatient
 
 #: Firestore's maximum document size, in its own accounting.
@@ -157,12 +156,8 @@ class FirestoreStateStore:
         self._prefix = prefix
         self._runs = f"{prefix}-runs"
         self._timeout = timeout
-        self._retry = Retry(
-            predicate=if_exception_type(*_RETRIABLE),
-            initial=0.1,
-            maximum=min(5.0, timeout),
-            multiplier=2.0,
-            timeout=timeout,
+        self._retry = google_rpc_retry(
+            _RETRIABLE, backoff=Backoff(initial=0.1, cap=5.0), deadline=timeout
         )
 
     def get_patient(self, integration_id: str, patient_id: str) -> PatientState | None:

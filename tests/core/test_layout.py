@@ -125,14 +125,22 @@ def test_the_cli_says_in_one_line_when_the_sandbox_is_absent(monkeypatch, capsys
 
 
 def test_back_off_and_retry_after_are_written_once():
-    # ``2 **`` / ``2.0 **`` (exponential back-off) and a retry-after header read exist only in
-    # the resilience layer.
+    # ``2 **`` / ``2.0 **`` (exponential back-off), a retry-after header read, tenacity and
+    # Google's RPC retry exist only in the resilience layer.
     offenders = []
     for path in engine_files():
         if path.parent.name == "resilience":
             continue
         text = path.read_text(encoding="utf-8").lower()
-        for needle in ("2.0 **", "2 **", "'retry-after'", '"retry-after"', "wait_exponential"):
+        for needle in (
+            "2.0 **",
+            "2 **",
+            "'retry-after'",
+            '"retry-after"',
+            "wait_exponential",
+            "tenacity",
+            "api_core.retry",
+        ):
             if needle in text:
                 offenders.append(f"{path.relative_to(REPO)}: {needle}")
     assert offenders == []
