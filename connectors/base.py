@@ -201,7 +201,7 @@ class Connector:
     ) -> Connector:
         """Build from a target's config: options validated, every credential present."""
         parsed = cls.parse_options(name, options)
-        missing = [c for c in cls.credential_names if not credentials.get(c)]
+        missing = [c for c in cls.required_credentials(parsed) if not credentials.get(c)]
         if missing:
             raise ConfigurationError(
                 f"target {name!r} ({cls.kind}) needs credentials {missing}: add them to "
@@ -209,6 +209,12 @@ class Connector:
             )
         secret = {k: SecretStr(v) for k, v in credentials.items()}
         return cls(name, parsed, secret, guard=guard)
+
+    @classmethod
+    def required_credentials(cls, options: BaseModel) -> tuple[str, ...]:
+        """The credentials a target with these options needs (all declared ones, unless a
+        connector knows better, e.g. a local file target needs no S3 keys)."""
+        return cls.credential_names
 
     @classmethod
     def schema(cls, name: str, options: BaseModel | None = None) -> TargetSchema:
@@ -294,14 +300,6 @@ class Connector:
     def ok(self, write: Write, *, changed: bool = True) -> WriteResult:
         """A success result for ``write``."""
         return WriteResult(self.name, write.operation, self.key_of(write), changed)
-
-    def reject(self, write: Write, error: HealthieSyncError) -> WriteResult:
-        """A failed result for ``write`` (for per-row refusals a batch API reports)."""
-        return self._failed(write, error)
-
-    def execute(self, operation: str, args: BaseModel, scope: Scope) -> WriteResult:
-        """One validated operation (a batch of one)."""
-        return self.execute_batch([Write(scope, operation, args)])[0]
 
     def prune(self, scope: Scope, keep: Mapping[str, set[str]]) -> None:
         """Mirror mode: delete the scope's records whose keys are not in ``keep`` (per table

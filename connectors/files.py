@@ -46,7 +46,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from app.core.errors import ConfigurationError, TargetRejected
 from app.resilience.guard import Guard
 from app.resilience.retry import RetryPolicy
-from connectors.base import Connector, Write, WriteResult
+from connectors.base import Write, WriteResult
 from connectors.file_formats import ENCODERS, Sheet
 from connectors.file_stores import FileSpec, LocalStore, S3Store
 from connectors.tables import (
@@ -138,25 +138,10 @@ class FileConnector(TableConnector):
     extension: ClassVar[str]
 
     @classmethod
-    def from_config(
-        cls,
-        name: str,
-        options: Mapping[str, Any],
-        credentials: Mapping[str, str],
-        *,
-        guard: Guard | None = None,
-    ) -> Connector:
-        """Build from a target's config; S3 keys are required only with ``url``."""
-        parsed = cls.parse_options(name, options)
-        assert isinstance(parsed, FileOptions)
-        needed = cls.credential_names if parsed.url is not None else ()
-        missing = [c for c in needed if not credentials.get(c)]
-        if missing:
-            raise ConfigurationError(
-                f"target {name!r} ({cls.kind}) needs credentials {missing}: add them to "
-                "[targets.credentials] as secret references"
-            )
-        return cls(name, parsed, {k: SecretStr(v) for k, v in credentials.items()}, guard=guard)
+    def required_credentials(cls, options: BaseModel) -> tuple[str, ...]:
+        """S3 keys with ``url``; a local ``path`` needs none."""
+        assert isinstance(options, FileOptions)
+        return cls.credential_names if options.url is not None else ()
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ _URL = typer.Option(..., "--url", help="The engine's public base URL (https://..
 @app.command("status")
 def hooks_status(integration: str, url: str = _URL) -> None:
     """What is registered at Healthie against what the integration needs, and warnings."""
-    from app.healthie.registration.status import webhook_status
+    from app.healthie.registration import webhook_status
 
     runtime = open_runtime()
     try:
@@ -41,7 +41,7 @@ def hooks_status(integration: str, url: str = _URL) -> None:
 @app.command("sync")
 def hooks_sync(integration: str, url: str = _URL) -> None:
     """Register or fix the integration's webhook so it carries exactly the needed events."""
-    from app.healthie.registration.status import webhooks_sync
+    from app.healthie.registration import webhooks_sync
 
     runtime = open_runtime()
     try:
@@ -63,7 +63,7 @@ def hooks_test(
     timeout: float = typer.Option(30.0, help="Seconds to wait for the delivery."),
 ) -> None:
     """Ask Healthie to send a test webhook and confirm the engine received and verified it."""
-    from app.healthie.registration.status import confirm_arrival, engine_webhooks, send_test
+    from app.healthie.registration import confirm_arrival, engine_webhooks, send_test
 
     runtime = open_runtime()
     try:
@@ -88,7 +88,7 @@ def hooks_rotate(
     yes: bool = typer.Option(False, "--yes", help="Expire the signing secret now."),
 ) -> None:
     """Rotate the webhook signing secret (prints the procedure; --yes performs step 2)."""
-    from app.healthie.registration.status import engine_webhooks, rotate_secret, rotation_steps
+    from app.healthie.registration import engine_webhooks, rotate_secret, rotation_steps
 
     runtime = open_runtime()
     try:

@@ -44,6 +44,7 @@ class IntegrationClients:
         self._agent: Agent | None = None
         self._connectors: dict[str, Connector] | None = None
         self._targets: dict[str, TargetSchema] | None = None
+        self._declared: dict[str, dict[str, Any]] | None = None
 
     @property
     def healthie(self) -> HealthieClient:
@@ -70,8 +71,14 @@ class IntegrationClients:
 
     def declarations(self) -> dict[str, dict[str, Any]]:
         """Per table-shaped target, the tables it may be written: its ``options.tables``
-        merged over what the compiled plan writes. The Claude backend writes only declared
-        tables, so a table target without declarations is refused for it."""
+        merged over what the compiled plan writes (read once). The Claude backend writes only
+        declared tables, so a table target without declarations is refused for it."""
+        with self._lock:
+            if self._declared is None:
+                self._declared = self._declare()
+            return self._declared
+
+    def _declare(self) -> dict[str, dict[str, Any]]:
         from connectors.registry import connector_class
         from connectors.tables import TableConnector
 

@@ -15,8 +15,7 @@ from app.api.app import create_app as engine_app
 from app.core.errors import ConfigurationError, FatalError
 from app.healthie import registration as lifecycle
 from app.healthie.client import HealthieClient
-from app.healthie.registration.remote import enum_name, fingerprint
-from app.healthie.registration.status import (
+from app.healthie.registration import (
     PlannedStep,
     WebhookPlan,
     apply_plan,
@@ -32,6 +31,7 @@ from app.healthie.registration.status import (
     webhook_warnings,
     webhooks_sync,
 )
+from app.healthie.registration.remote import enum_name, fingerprint
 from app.intake.events import (
     APPLIED_TAG_EVENTS,
     APPOINTMENT_EVENTS,

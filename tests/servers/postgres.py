@@ -29,7 +29,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.servers import Shared, fixture_for
 
 SUPERUSER = "postgres"
 DATABASE = "healthie_sync"
@@ -216,60 +217,32 @@ def running_postgres(bin_dir: Path) -> Iterator[PostgresServer]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-# One server per session, however many fixture definitions request it (a test module that
-# imports the fixture and the plugin copy the contract suite registers are two definitions).
-_shared_lock = threading.Lock()
-_shared: dict[str, Any] = {"users": 0, "stack": None, "server": None}
-
-
 @contextlib.contextmanager
-def _shared_server() -> Iterator[PostgresServer]:
+def _started() -> Iterator[PostgresServer]:
     from tests.conftest import require_service
 
-    with _shared_lock:
-        if _shared["server"] is None:
-            bin_dir = postgres_bin()
-            if bin_dir is None:
-                require_service("postgresql", "no /usr/lib/postgresql/*/bin/initdb installed")
-            assert bin_dir is not None
-            stack = contextlib.ExitStack()
-            try:
-                _shared["server"] = stack.enter_context(running_postgres(bin_dir))
-            except subprocess.CalledProcessError as exc:
-                stack.close()
-                require_service("postgresql", f"it did not start: {exc.stderr or exc.stdout}")
-            _shared["stack"] = stack
-        _shared["users"] += 1
-        server: PostgresServer = _shared["server"]
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        require_service("postgresql", "no /usr/lib/postgresql/*/bin/initdb installed")
+    assert bin_dir is not None
     try:
-        yield server
-    finally:
-        with _shared_lock:
-            _shared["users"] -= 1
-            if _shared["users"] == 0:
-                stack = _shared["stack"]
-                _shared.update(stack=None, server=None)
-                stack.close()
+        with running_postgres(bin_dir) as server:
+            yield server
+    except subprocess.CalledProcessError as exc:
+        require_service("postgresql", f"it did not start: {exc.stderr or exc.stdout}")
+
+
+_SHARED: Shared[PostgresServer] = Shared("postgresql", _started)
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """A PostgreSQL server on 127.0.0.1 for the session (skips locally when not installed)."""
-    with _shared_server() as server:
+    with _SHARED.use() as server:
         yield server
 
 
 def postgres_for(request: Any) -> PostgresServer:
-    """The session's server for a fixture or factory holding ``request``: the fixture when the
-    test module imported it, else this module registered as a plugin (how the contract suite,
-    which imports only the backends, gets the fixture)."""
-    try:
-        server: PostgresServer = request.getfixturevalue("postgres_server")
-    except pytest.FixtureLookupError:
-        import sys
-
-        manager = request.config.pluginmanager
-        if not manager.has_plugin(__name__):
-            manager.register(sys.modules[__name__], __name__)
-        server = request.getfixturevalue("postgres_server")
+    """The session's server for a fixture or factory holding ``request``."""
+    server: PostgresServer = fixture_for(request, __name__, "postgres_server")
     return server

@@ -29,7 +29,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.servers import Shared, fixture_for
 
 START_TIMEOUT = 30.0
 REGION = "us-east-1"
@@ -216,45 +217,13 @@ def running_moto_s3() -> Iterator[MotoS3]:
         log_dir.rmdir()
 
 
-# One server per session, however many fixture definitions request it (a test module that
-# imports the fixture and the plugin copy the contract suite registers are two definitions).
-_shared_lock = threading.Lock()
-_shared: dict[str, Any] = {"users": 0, "stack": None, "server": None, "failed": None}
-
-
-@contextlib.contextmanager
-def _shared_server() -> Iterator[MotoS3]:
-    from tests.conftest import require_service
-
-    with _shared_lock:
-        if _shared["failed"] is not None:  # do not wait for a dead server once per test
-            require_service("moto S3 server", _shared["failed"])
-        if _shared["server"] is None:
-            stack = contextlib.ExitStack()
-            try:
-                _shared["server"] = stack.enter_context(running_moto_s3())
-            except BaseException as exc:
-                stack.close()
-                _shared["failed"] = str(exc)
-                raise
-            _shared["stack"] = stack
-        _shared["users"] += 1
-        server: MotoS3 = _shared["server"]
-    try:
-        yield server
-    finally:
-        with _shared_lock:
-            _shared["users"] -= 1
-            if _shared["users"] == 0:
-                stack = _shared["stack"]
-                _shared.update(stack=None, server=None)
-                stack.close()
+_SHARED: Shared[MotoS3] = Shared("moto S3 server", lambda: running_moto_s3())
 
 
 @pytest.fixture(scope="session")
 def moto_s3() -> Iterator[MotoS3]:
     """The session's moto S3 server (skips locally when it cannot start)."""
-    with _shared_server() as server:
+    with _SHARED.use() as server:
         yield server
 
 
@@ -267,14 +236,6 @@ def s3_bucket(moto_s3: MotoS3) -> Iterator[str]:
 
 
 def moto_s3_for(request: Any) -> MotoS3:
-    """The session's server for a fixture or factory holding ``request``: the fixture when the
-    test module imported it, else this module registered as a plugin (how the contract suite,
-    which imports only the backends, gets the fixture)."""
-    try:
-        server: MotoS3 = request.getfixturevalue("moto_s3")
-    except pytest.FixtureLookupError:
-        manager = request.config.pluginmanager
-        if not manager.has_plugin(__name__):
-            manager.register(sys.modules[__name__], __name__)
-        server = request.getfixturevalue("moto_s3")
+    """The session's server for a fixture or factory holding ``request``."""
+    server: MotoS3 = fixture_for(request, __name__, "moto_s3")
     return server

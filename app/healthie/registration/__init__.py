@@ -47,29 +47,33 @@ operator warnings and the ``status`` / ``sync`` entry points the CLI calls); thi
 re-exports their public names.
 """
 
-from app.healthie.registration.status import (
-    Action,
+from app.core.errors import WebhookRefused, WebhookUrlRefused
+from app.healthie.registration.delivery import (
     Arrival,
-    LifecycleStatus,
-    PlannedStep,
-    RegisteredWebhook,
-    Rotation,
     TestResult,
-    WebhookPlan,
-    WebhookRefused,
-    WebhookUrlRefused,
-    apply_plan,
     confirm_arrival,
-    default_new_ref,
-    engine_webhook_url,
-    engine_webhooks,
-    list_webhooks,
-    needed_events,
-    plan_webhooks,
     receiver_intake,
+    send_test,
+)
+from app.healthie.registration.plan import (
+    Action,
+    PlannedStep,
+    WebhookPlan,
+    apply_plan,
+    plan_webhooks,
+)
+from app.healthie.registration.remote import RegisteredWebhook, list_webhooks
+from app.healthie.registration.rotation import (
+    Rotation,
+    default_new_ref,
     rotate_secret,
     rotation_steps,
-    send_test,
+)
+from app.healthie.registration.status import (
+    LifecycleStatus,
+    engine_webhook_url,
+    engine_webhooks,
+    needed_events,
     webhook_status,
     webhook_warnings,
     webhooks_sync,

@@ -10,17 +10,8 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 
 from app.core.config import Integration
-from app.core.errors import WebhookRefused, WebhookUrlRefused
-from app.healthie.registration.delivery import (
-    Arrival,
-    TestResult,
-    confirm_arrival,
-    receiver_intake,
-    send_test,
-)
 from app.healthie.registration.plan import (
     Action,
-    PlannedStep,
     WebhookPlan,
     apply_plan,
     plan_webhooks,
@@ -29,12 +20,6 @@ from app.healthie.registration.remote import (
     RegisteredWebhook,
     list_webhooks,
     same_url,
-)
-from app.healthie.registration.rotation import (
-    Rotation,
-    default_new_ref,
-    rotate_secret,
-    rotation_steps,
 )
 from app.healthie.sweep import webhook_health
 from app.intake.events import (
@@ -47,34 +32,6 @@ from app.intake.events import (
 
 if TYPE_CHECKING:
     from app.healthie.client import HealthieClient
-
-__all__ = [
-    "Action",
-    "Arrival",
-    "LifecycleStatus",
-    "PlannedStep",
-    "RegisteredWebhook",
-    "Rotation",
-    "TestResult",
-    "WebhookPlan",
-    "WebhookRefused",
-    "WebhookUrlRefused",
-    "apply_plan",
-    "confirm_arrival",
-    "default_new_ref",
-    "engine_webhook_url",
-    "engine_webhooks",
-    "list_webhooks",
-    "needed_events",
-    "plan_webhooks",
-    "receiver_intake",
-    "rotate_secret",
-    "rotation_steps",
-    "send_test",
-    "webhook_status",
-    "webhook_warnings",
-    "webhooks_sync",
-]
 
 #: Handled by ``app.intake.events.resolve_event`` besides the sets it exports.
 _MERGE_EVENTS = frozenset({"patient.merged"})
