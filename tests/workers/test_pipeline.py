@@ -202,3 +202,36 @@ def test_mirror_mode_drops_every_row_of_a_patient_healthie_no_longer_has(tmp_pat
         assert audit[-1].outcome == ("skipped:patient_not_found")
     finally:
         runtime.close()
+
+
+def test_a_compiled_plan_declares_what_it_writes_and_nothing_else_passes(tmp_path):
+    runtime = demo_runtime(tmp_path, target="sqlite")
+    try:
+        targets = runtime.clients("demo-clinic").targets
+        tables = targets["warehouse"].options.tables  # type: ignore[attr-defined]
+        assert set(tables) == {"patients", "appointments"}
+        assert tables["patients"]["active"] == "boolean"
+        extra = WriteOperation(
+            target="warehouse",
+            operation="upsert_row",
+            args={"table": "patients", "key": "1", "patient_id": "1", "values": {"ssn": "x"}},
+        )
+        with pytest.raises(PlanValidationError):
+            validate(targets, prepared(), WritePlan(patient_id="1", operations=(extra,)))
+    finally:
+        runtime.close()
+
+
+def test_the_claude_backend_writes_only_declared_tables(tmp_path):
+    from app.core.errors import ConfigurationError
+
+    runtime = demo_runtime(tmp_path, target="sqlite")
+    integration = runtime.integrations["demo-clinic"]
+    runtime.integrations["demo-clinic"] = integration.model_copy(
+        update={"agent": integration.agent.model_copy(update={"backend": "claude"})}
+    )
+    try:
+        with pytest.raises(ConfigurationError, match="declared tables"):
+            _ = runtime.clients("demo-clinic").targets
+    finally:
+        runtime.close()
