@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# Prism (npm) validates the vendor requests in the connector tests; without npm those tests skip
+# locally (and fail in CI, where .ci/run installs Node first).
+NODE_STAMP := node_modules/.installed-stamp
 
 .PHONY: demo test lint bench lock sandbox clean
 
@@ -16,7 +19,14 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(BIN)/healthie-sync demo
 
-test: $(STAMP)
+$(NODE_STAMP): package.json package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm ci --no-audit --no-fund --loglevel=error && touch $(NODE_STAMP); \
+	else \
+	  echo "make: npm not found; tests that need Prism will skip (install Node.js 20 to run them)"; \
+	fi
+
+test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/pytest
 
 lint: $(STAMP)
@@ -37,4 +47,4 @@ lock:
 	/tmp/healthie-sync-lock/bin/pip freeze --all --exclude-editable | grep -v -e '^-e' -e '^pip==' > requirements.lock
 
 clean:
-	rm -rf $(VENV) .healthie-sync .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .healthie-sync .pytest_cache .mypy_cache .ruff_cache

@@ -4,8 +4,10 @@ failures of the right kind and of the right patient, migrations, and faithful ro
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,25 +23,19 @@ from connectors.base import Connector, Scope, Write
 from tests.contracts.targets import TargetBackend
 from tests.contracts.targets_memory import memory_backend
 
-FACTORIES: dict[str, Any] = {"memory": memory_backend}
-try:  # each family registers its backends; a missing family simply runs fewer
-    from tests.contracts.targets_sql import SQL_BACKENDS
+def _families() -> dict[str, Any]:
+    """Every backend registered by a ``tests/contracts/targets_<family>.py`` module (each
+    exports ``<FAMILY>_BACKENDS``): a new connector joins the suite by adding its module."""
+    found: dict[str, Any] = {"memory": memory_backend}
+    for path in sorted(Path(__file__).parent.glob("targets_*.py")):
+        module = importlib.import_module(f"tests.contracts.{path.stem}")
+        for name, value in vars(module).items():
+            if name.endswith("_BACKENDS") and isinstance(value, dict):
+                found.update(value)
+    return found
 
-    FACTORIES.update(SQL_BACKENDS)
-except ImportError:  # pragma: no cover - the family is not built yet
-    pass
-try:
-    from tests.contracts.targets_files import FILE_BACKENDS
 
-    FACTORIES.update(FILE_BACKENDS)
-except ImportError:  # pragma: no cover
-    pass
-try:
-    from tests.contracts.targets_bigquery import BIGQUERY_BACKENDS
-
-    FACTORIES.update(BIGQUERY_BACKENDS)
-except ImportError:  # pragma: no cover
-    pass
+FACTORIES: dict[str, Any] = _families()
 
 TABLES = {
     "patients": {"first_name": "text", "age": "integer", "active": "boolean", "dob": "date"},
