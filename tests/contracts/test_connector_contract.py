@@ -23,6 +23,7 @@ from connectors.base import Connector, Scope, Write
 from tests.contracts.targets import TargetBackend
 from tests.contracts.targets_memory import memory_backend
 
+
 def _families() -> dict[str, Any]:
     """Every backend registered by a ``tests/contracts/targets_<family>.py`` module (each
     exports ``<FAMILY>_BACKENDS``): a new connector joins the suite by adding its module."""
