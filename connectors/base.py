@@ -320,6 +320,12 @@ class Connector:
         """True when this target deletes records of items gone from the entry."""
         return getattr(self.options, "mode", "upsert") == "mirror"
 
+    def probe(self) -> str | None:
+        """A harmless read proving the target answers with these options and credentials
+        (``healthie-sync doctor``); returns what was checked, or None when the connector
+        offers no such read. Raises the error kind a write would meet (never writes)."""
+        return None
+
     def close(self) -> None:
         """Release connections (nothing to release by default)."""
 

@@ -302,6 +302,12 @@ class BigQueryConnector(TableConnector):
         self._types.pop(table, None)
         self._dataset_checked = False
 
+    def probe(self) -> str:
+        """See :meth:`Connector.probe`: datasets.get on the configured dataset."""
+        self._dataset_checked = False
+        self._check_dataset()
+        return f"dataset {self.bq.project}.{self.bq.dataset} found in {self.bq.location}"
+
     def _check_dataset(self) -> None:
         if self._dataset_checked:
             return

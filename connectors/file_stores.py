@@ -92,6 +92,14 @@ class LocalStore:
         #: files published
         self.requests = 0
 
+    def probe(self) -> str:
+        """Whether the directory exists and can be written (nothing is written)."""
+        if not self.root.is_dir():
+            raise ConfigurationError(f"{self.label}: options.path is not an existing directory")
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise ConfigurationError(f"{self.label}: options.path is not writable by this user")
+        return "directory exists and is writable"
+
     def write_files(self, files: Sequence[FileSpec]) -> None:
         """Encode every file to its temporary name, then move each onto its final name."""
         if not self.root.is_dir():
@@ -180,6 +188,11 @@ class S3Store:
             ),
         )
         return cls(client, bucket, prefix, label)
+
+    def probe(self) -> str:
+        """HeadBucket with the configured keys (nothing is written)."""
+        self._call("head_bucket", Bucket=self.bucket)
+        return f"bucket {self.bucket!r} answers HeadBucket"
 
     def key(self, name: str) -> str:
         """The object key of ``name``."""

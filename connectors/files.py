@@ -157,6 +157,10 @@ class FileConnector(TableConnector):
         #: files published
         self.files_written = 0
 
+    def probe(self) -> str:
+        """See :meth:`Connector.probe`: the directory or bucket, without writing."""
+        return self.store.probe()
+
     @property
     def file_options(self) -> FileOptions:
         """The options, typed."""

@@ -25,6 +25,11 @@ CONNECTORS: dict[str, str] = {
     "excel": "connectors.files:ExcelConnector",
     "parquet": "connectors.files:ParquetConnector",
     "memory": "connectors.memory:MemoryConnector",
+    "mongodb": "connectors.mongodb:MongoConnector",
+    "sheets": "connectors.sheets:SheetsConnector",
+    "airtable": "connectors.airtable:AirtableConnector",
+    "brevo": "connectors.brevo:BrevoConnector",
+    "customerio": "connectors.customerio:CustomerIoConnector",
 }
 
 

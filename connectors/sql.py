@@ -147,6 +147,12 @@ class SqlConnector(TableConnector):
                 self._engine = self._create_engine()
             return self._engine
 
+    def probe(self) -> str:
+        """See :meth:`Connector.probe`: connect and run ``SELECT 1``."""
+        with self._mapped("probe"), self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        return "connected and ran SELECT 1"
+
     def close(self) -> None:
         """Close the pool."""
         with self._engine_lock:

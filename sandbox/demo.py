@@ -79,7 +79,13 @@ def run_demo(
             secrets.update({"api_key": sandbox.api_key, "webhook": sandbox.webhook_secret})
             runtime = _runtime(data, sandbox_url, warehouse, secrets)
             try:
-                return _run(runtime, sandbox, changes, seed, http, console)
+                counts = _run(runtime, sandbox, changes, seed, http, console)
+                where = warehouse.options.get("path") or warehouse.options.get("dsn")
+                console.print(f"  warehouse ({warehouse.connector}): {where}", soft_wrap=True)
+                console.print(
+                    f"  see this run: healthie-sync --data-dir {data} runs", soft_wrap=True
+                )
+                return counts
             finally:
                 runtime.close()
 

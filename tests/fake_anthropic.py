@@ -2,6 +2,7 @@
 
 The real ``anthropic`` SDK talks to it through ``base_url``. What it implements:
 
+* ``GET /v1/models`` — one model; a key starting ``revoked`` gets 401 (``doctor``'s check).
 * ``POST /v1/messages`` — answers with one ``tool_use`` block whose input comes from a *scripted
   model*: a callable the test passes in, receiving the request body and returning the tool input
   (``demo_plan_model`` runs the committed demo plan on the entry in the user turn). Usage counts
@@ -242,6 +243,29 @@ class FakeAnthropic:
     def app(self) -> FastAPI:
         """The FastAPI app serving this fake."""
         app = FastAPI()
+
+        @app.get("/v1/models")
+        def list_models(request: Request) -> Response:
+            # doctor's key check; a key starting "revoked" is refused as Anthropic would
+            self.counts["models"] += 1
+            # the SDK sends the key as x-api-key or (2.x) as a bearer token
+            key = request.headers.get("x-api-key") or request.headers.get("authorization", "")
+            if key.removeprefix("Bearer ").startswith("revoked"):
+                return self.error(401, "authentication_error", "invalid x-api-key")
+            model = {
+                "type": "model",
+                "id": "claude-sonnet-4-5",
+                "display_name": "Claude Sonnet 4.5",
+                "created_at": "2025-09-29T00:00:00Z",
+            }
+            return JSONResponse(
+                {
+                    "data": [model],
+                    "has_more": False,
+                    "first_id": model["id"],
+                    "last_id": model["id"],
+                }
+            )
 
         @app.post("/v1/messages")
         def create_message(body: dict[str, Any]) -> Response:

@@ -25,6 +25,10 @@ ConfigurationError  nack (kept), and the consumer stops: nothing will work until
 anything else       treated as retriable (a bug must not lose work), logged
 =================  ===========================================================
 
+A dead letter is published to ``work-dlq`` and then indexed in the state store, stamped with
+the integration's rules version (``workers.deadletters``: how ``dlq list`` reads without
+leasing, and why a failed index write does not stop the ack).
+
 Cross-cutting steps are middleware (``workers.middleware``), in the spirit of dramatiq's: each
 hook is small and sees ids, kinds and counts, never a patient value.
 """
@@ -47,7 +51,7 @@ from app.queue.topology import WORK_DLQ_TOPIC, WORK_SUBSCRIPTION
 from app.resilience.retry import redelivery_delay
 from app.service.runtime import IntegrationClients, Runtime
 from app.state.base import StateStore
-from workers import pipeline
+from workers import deadletters, pipeline
 from workers.middleware import AuditTrail, Middleware, PatientLeases, RunTally, counts_of
 from workers.pipeline import Outcome
 
@@ -165,7 +169,9 @@ class Consumer:
                     .model_dump_json()
                     .encode()
                 )
-            self._dead_letter(message, settlement.kind or "error", settlement.reason or "", data)
+            self._dead_letter(
+                message, settlement.kind or "error", settlement.reason or "", data, item
+            )
             self.queue.ack(WORK_SUBSCRIPTION, [message.ack_id])
             log.error(
                 "work item dead-lettered (integration=%s patient=%s kind=%s)",
@@ -203,18 +209,31 @@ class Consumer:
         return Settlement("nack", kind, reason, retry_after)
 
     def _dead_letter(
-        self, message: Message, kind: str, reason: str, data: bytes | None = None
+        self,
+        message: Message,
+        kind: str,
+        reason: str,
+        data: bytes | None = None,
+        item: WorkItem | None = None,
     ) -> None:
+        at = datetime.now(UTC)
         attributes = dict(message.attributes)
         attributes.update(
             {
                 "error_kind": kind,
                 "error": reason[:500],
                 "delivery_attempt": str(message.delivery_attempt),
-                "dead_lettered_at": datetime.now(UTC).isoformat(),
+                "dead_lettered_at": at.isoformat(),
             }
         )
-        self.queue.publish(WORK_DLQ_TOPIC, data if data is not None else message.data, attributes)
+        version = deadletters.stamp_rules_version(
+            self.clients_for, item.integration_id if item else None
+        )
+        if version is not None:
+            attributes["rules_version"] = version
+        body = data if data is not None else message.data
+        message_id = self.queue.publish(WORK_DLQ_TOPIC, body, attributes)
+        deadletters.record(self.state, message_id, body, attributes, at)
 
 
 def process_batch(runtime: Runtime, messages: list[Message]) -> Counts:

@@ -38,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 from pydantic import ValidationError
 
 from app.core.config import Integration
-from app.core.errors import FlushInProgress, InvalidResponse, RetriableError
+from app.core.errors import FlushInProgress, HealthieSyncError, InvalidResponse, RetriableError
 from app.core.models import Cadence, DirtyMark, RunRecord, SubjectKind, WorkItem
 from app.healthie.client import HealthieClient
 from app.healthie.sweep import resolve_applied_tags, sweep_changes
@@ -66,6 +66,8 @@ class FlushResult:
     work_items: int = 0
     per_integration: dict[str, int] = field(default_factory=dict)
     runs: list[RunRecord] = field(default_factory=list)
+    #: integrations whose part of the flush failed, with the error (their runs say "failed")
+    failed: dict[str, HealthieSyncError] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -120,17 +122,42 @@ def flush_parts(
                 started_at=started,
                 marks_drained=marks_by_integration.get(integration_id, 0),
             )
-            result.swept += _sweep(parts, integration)
-            run.patients = _publish_pending(parts, integration_id, flush_id, chunk_size)
+            try:
+                result.swept += _sweep(parts, integration, result.failed)
+                if integration_id in result.failed:
+                    failure = result.failed[integration_id]
+                    run.error = f"sweep {failure.kind}: {failure}"
+                run.patients = _publish_pending(parts, integration_id, flush_id, chunk_size)
+            except FlushInProgress:
+                raise
+            except HealthieSyncError as exc:
+                # One integration's failure (Healthie unreachable, a revoked key) is its run's
+                # status; the others still flush. Its staged patients wait for the next flush.
+                run.status, run.error = "failed", f"{exc.kind}: {exc}"
+                run.finished_at = datetime.now(UTC)
+                parts.state.save_run(run)
+                result.runs.append(run)
+                result.failed[integration_id] = exc
+                log.warning("flush %s: %s failed (%s)", flush_id, integration_id, exc.kind)
+                continue
             _renew(parts.state, lease, flush_id)
             run.counts.dirty_patients = run.patients
             run.status = "finished"  # the flush's part; workers add their counts as they go
             run.finished_at = datetime.now(UTC)
             result.work_items += run.patients
-            if run.patients or run.marks_drained:
+            if run.patients or run.marks_drained or run.error:
                 parts.state.save_run(run)
                 result.runs.append(run)
                 result.per_integration[integration_id] = run.patients
+        # one line per flush (serve and work log at INFO): ids and counts only
+        log.info(
+            "flush %s: %d marks staged, %d swept, %d work items for %d integrations",
+            flush_id,
+            result.staged,
+            result.swept,
+            result.work_items,
+            len(result.runs),
+        )
         return result
     finally:
         parts.state.release_lease(lease, flush_id)
@@ -232,8 +259,12 @@ SWEEP_WATERMARK = "sweep"
 SWEEP_OVERLAP = timedelta(minutes=5)
 
 
-def _sweep(parts: Parts, integration: Integration) -> int:
-    """Stage what Healthie changed since the last sweep; returns the patients staged."""
+def _sweep(
+    parts: Parts, integration: Integration, failures: dict[str, HealthieSyncError] | None = None
+) -> int:
+    """Stage what Healthie changed since the last sweep; returns the patients staged. A sweep
+    Healthie did not answer is retried at the next flush and recorded in ``failures`` (the
+    staged patients are still published: the sweep only adds to them)."""
     integration_id = integration.id
     if not integration.healthie.sweep:
         return 0
@@ -249,6 +280,8 @@ def _sweep(parts: Parts, integration: Integration) -> int:
         log.warning(
             "missed-change sweep failed for %s (%s); retried next flush", integration_id, exc.kind
         )
+        if failures is not None:
+            failures[integration_id] = exc
         return 0
     patients = set(found.patient_ids)
     for people in found.appointment_patients.values():

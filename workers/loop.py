@@ -11,6 +11,7 @@ import logging
 import threading
 
 from app.core.errors import ConfigurationError
+from app.core.models import Counts
 from app.service.runtime import Runtime
 from workers.consumer import drain
 
@@ -44,7 +45,12 @@ class WorkerLoop:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                drain(self._runtime, batch_size=self._batch_size, idle_timeout=0.0)
+                drain(
+                    self._runtime,
+                    batch_size=self._batch_size,
+                    idle_timeout=0.0,
+                    on_batch=_log_batch,
+                )
             except ConfigurationError as exc:
                 self.stopped_by = str(exc)
                 log.error("worker stopped on a configuration error: %s", exc)  # noqa: TRY400
@@ -53,3 +59,15 @@ class WorkerLoop:
             except Exception:  # noqa: BLE001 - keep processing; the batch was nacked or kept
                 log.exception("worker batch failed")
             self._stop.wait(0.5)
+
+
+def _log_batch(counts: Counts) -> None:
+    # one line per processed batch (serve and work log at INFO): counts only, never entries
+    log.info(
+        "batch: processed=%d unchanged=%d writes=%d dead_lettered=%d retried=%d",
+        counts.processed,
+        counts.skipped_unchanged,
+        counts.writes,
+        counts.dead_lettered,
+        counts.retried,
+    )

@@ -24,9 +24,12 @@ from workers.pipeline import Outcome
 
 
 def counts_of(outcome: Outcome, action: str) -> Counts:
-    """What one settled item adds to the counts (a nacked or skippable item adds nothing)."""
+    """What one settled item adds to the counts (a skippable item adds nothing; a nacked one
+    counts as a retry)."""
     if action == "dead_letter":
         return Counts(dead_lettered=1)
+    if action == "nack":
+        return Counts(retried=1)
     if outcome.status == "unchanged":
         return Counts(skipped_unchanged=1)
     if outcome.status in ("written", "plan_skipped"):

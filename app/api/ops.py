@@ -55,7 +55,7 @@ def build_router(runtime: Runtime, authorizer: OperatorAuthorizer) -> APIRouter:
         selector = ReplayFilter(
             integration_id=integration, patient_id=patient, error_kind=error_kind
         )
-        return await run_in_threadpool(list_dead_letters, runtime.queue, selector)
+        return await run_in_threadpool(list_dead_letters, runtime.state, selector)
 
     @router.post("/replay")
     async def ops_replay(
@@ -71,7 +71,7 @@ def build_router(runtime: Runtime, authorizer: OperatorAuthorizer) -> APIRouter:
         )
         return await run_in_threadpool(
             lambda: replay(
-                runtime.queue,
+                runtime,
                 selector,
                 preview=request.preview,
                 rate_per_second=request.rate_per_second,

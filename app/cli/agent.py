@@ -52,7 +52,7 @@ def dry_run_cmd(
     from app.agent.report import build_report, render_markdown
     from workers.dry_run import dry_run
 
-    runtime = open_runtime()
+    runtime = open_runtime(interactive=True)
     try:
         items = dry_run(runtime, integration_id, patient)
         integration = runtime.integration(integration_id)
@@ -67,4 +67,11 @@ def dry_run_cmd(
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
-    typer.echo(f"{len(items)} patients: {out / 'report.md'} and {out / 'report.json'}")
+    summary = report["summary"]
+    typer.echo(
+        f"{len(items)} patients ({summary['write']} write, {summary['skip']} skip, "
+        f"{summary['refused']} refused): {out / 'report.md'} and {out / 'report.json'}"
+    )
+    if items and summary["refused"] == len(items):
+        typer.echo("error: every patient was refused (see the report's reasons)", err=True)
+        raise typer.Exit(1)  # exits.ExitCode.PROBLEMS

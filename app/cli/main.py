@@ -1,31 +1,94 @@
 """The ``healthie-sync`` command line: serve, work, flush and runs here; the rest in
-``dlq``, ``webhooks``, ``agent`` (compile, dry-run) and ``dev`` (demo, sandbox)."""
+``dlq``, ``webhooks``, ``agent`` (compile, dry-run), ``targets`` (connectors), ``validate``,
+``doctor`` and ``dev`` (demo, sandbox). Exit codes and error lines: ``app.cli.exits``."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from app.cli import agent, dev, dlq, targets, webhooks
-from app.cli.common import open_runtime
+from app.cli import agent, dev, dlq, doctor, targets, validate, webhooks
+from app.cli.common import open_runtime, print_table
+from app.cli.exits import ExitCode, exit_code, one_line
 from app.core.models import Cadence
 
 cli = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    pretty_exceptions_enable=False,  # main() prints one line; --debug the traceback
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="healthie-sync: Healthie webhooks in, plain-language rules applied, typed writes out.",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"healthie-sync {version('healthie-sync')}")
+        except PackageNotFoundError:
+            typer.echo("healthie-sync (not installed as a package)")
+        raise typer.Exit()
+
+
+@cli.callback()
+def _global(
+    config_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--config-dir",
+            help="Integration files (default config/integrations; env HEALTHIE_SYNC_CONFIG_DIR).",
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Local queue and state (default .healthie-sync; env HEALTHIE_SYNC_DATA_DIR).",
+        ),
+    ] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Print tracebacks and debug logs (no patient data).")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Global options; settings come from HEALTHIE_SYNC_* environment variables otherwise."""
+    # Settings read the environment, so an option is the same as its variable for every command.
+    if config_dir is not None:
+        os.environ["HEALTHIE_SYNC_CONFIG_DIR"] = str(config_dir)
+    if data_dir is not None:
+        os.environ["HEALTHIE_SYNC_DATA_DIR"] = str(data_dir)
+    if debug:
+        os.environ["HEALTHIE_SYNC_DEBUG"] = "1"
+        logging.getLogger().setLevel(logging.DEBUG)
+
+
 cli.command()(dev.demo)
 cli.command()(dev.sandbox)
 cli.command(name="compile")(agent.compile_plan)
 cli.command(name="dry-run")(agent.dry_run_cmd)
 cli.command()(targets.connectors)
-cli.command()(targets.validate)
+cli.command()(validate.validate)
+cli.command(name="doctor")(doctor.doctor)
 cli.add_typer(dlq.app, name="dlq")
 cli.add_typer(webhooks.app, name="webhooks")
+
+
+def _log_progress() -> None:
+    # long-running commands say one line per flush and per processed batch
+    logging.getLogger("workers").setLevel(
+        min(logging.INFO, logging.getLogger().getEffectiveLevel())
+    )
 
 
 @cli.command()
@@ -44,6 +107,7 @@ def serve(
     from workers.flusher import flush as run_flush
     from workers.loop import WorkerLoop
 
+    _log_progress()
     runtime = open_runtime()
     try:
         warnings = preflight(runtime, check_schema=runtime.settings.check_schema_at_startup)
@@ -85,6 +149,7 @@ def work(
 
     from workers.loop import WorkerLoop
 
+    _log_progress()
     runtime = open_runtime()
     loop = WorkerLoop(runtime, concurrency=concurrency)
     stop = threading.Event()
@@ -102,20 +167,91 @@ def work(
 
 
 @cli.command()
-def flush(cadence: Annotated[Cadence, typer.Argument(help="Which cadence to flush.")]) -> None:
-    """Flush one cadence's dirty marks into work items, then process them."""
-    from app.core.settings import Settings
-    from app.service.runtime import build_runtime
+def flush(
+    cadence: Annotated[Cadence, typer.Argument(help="Which cadence to flush.")],
+    as_json: bool = typer.Option(True, "--json/--table", help="One JSON object (default)."),
+) -> None:
+    """Flush one cadence's dirty marks into work items, then process them. Exits 1 when work
+    was dead-lettered, 3 when some could not be processed now (it stays queued)."""
     from workers.consumer import drain
     from workers.flusher import flush as run_flush
 
-    runtime = build_runtime(Settings())
+    runtime = open_runtime()
     try:
         result = run_flush(runtime, cadence)
         counts = drain(runtime)
-        typer.echo(json.dumps({"flush_id": result.flush_id, **counts.model_dump()}))
+        wanted = {r.run_id for r in result.runs}
+        # the same records `runs` shows, read back after the workers added their counts
+        records = [
+            r for r in runtime.state.list_runs(None, max(20, 4 * len(wanted))) if r.run_id in wanted
+        ]
     finally:
         runtime.close()
+    report = {
+        "flush_id": result.flush_id,
+        "cadence": cadence.value,
+        **counts.model_dump(),
+        "runs": [
+            {"run_id": r.run_id, "integration_id": r.integration_id, "status": r.status}
+            | r.counts.model_dump()
+            for r in records
+        ],
+    }
+    if as_json:
+        typer.echo(json.dumps(report))
+    else:
+        _print_runs(records, empty=f"flush {result.flush_id}: nothing was dirty")
+    for integration_id, failure in sorted(result.failed.items()):
+        typer.echo(f"{one_line(failure)} (integration {integration_id})", err=True)
+    if result.failed:
+        raise typer.Exit(max(exit_code(f) for f in result.failed.values()))
+    if counts.dead_lettered:
+        typer.echo(
+            f"error: {counts.dead_lettered} work items were dead-lettered "
+            "(see: healthie-sync dlq list)",
+            err=True,
+        )
+        raise typer.Exit(ExitCode.PROBLEMS)
+    if counts.retried:
+        typer.echo(
+            f"error: {counts.retried} work items could not be processed now (a service did not "
+            "answer); they stay queued and `healthie-sync work` retries them",
+            err=True,
+        )
+        raise typer.Exit(ExitCode.UNREACHABLE)
+
+
+_RUN_COLUMNS = (
+    "run",
+    "integration",
+    "cadence",
+    "started",
+    "status",
+    "patients",
+    "processed",
+    "unchanged",
+    "writes",
+    "dead",
+)
+
+
+def _print_runs(records: list, *, empty: str) -> None:  # type: ignore[type-arg]
+    rows = [
+        (
+            run.run_id,
+            run.integration_id,
+            run.cadence.value,
+            f"{run.started_at.astimezone():%Y-%m-%d %H:%M:%S %Z}",
+            run.status if not run.error else f"{run.status}: {run.error}",
+            str(run.patients),
+            str(run.counts.processed),
+            str(run.counts.skipped_unchanged),
+            str(run.counts.writes),
+            str(run.counts.dead_lettered),
+        )
+        for run in records
+    ]
+    print_table(_RUN_COLUMNS, rows, empty=empty, fold=("run", "integration", "status"))
 
 
 @cli.command()
@@ -124,57 +260,40 @@ def runs(
     limit: int = typer.Option(20, help="How many, newest first."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
 ) -> None:
-    """List flush runs with their counts."""
-    from rich.console import Console
-    from rich.table import Table
-
+    """List flush runs with their counts (times in the local zone)."""
     runtime = open_runtime()
     try:
         records = runtime.state.list_runs(integration, limit)
+        data_dir = runtime.settings.data_dir
     finally:
         runtime.close()
     if as_json:
         for run in records:
             typer.echo(run.model_dump_json())
         return
-    table = Table(
-        "run",
-        "integration",
-        "cadence",
-        "started",
-        "status",
-        "marks",
-        "patients",
-        "processed",
-        "unchanged",
-        "writes",
-        "dead",
+    _print_runs(
+        records,
+        empty=f"no runs recorded in {data_dir} (flush one: healthie-sync flush hourly; "
+        "the demo keeps its own: healthie-sync --data-dir .healthie-sync/demo runs)",
     )
-    for run in records:
-        c = run.counts
-        table.add_row(
-            run.run_id,
-            run.integration_id,
-            run.cadence.value,
-            f"{run.started_at:%Y-%m-%d %H:%M:%S}",
-            run.status,
-            str(run.marks_drained),
-            str(run.patients),
-            str(c.processed),
-            str(c.skipped_unchanged),
-            str(c.writes),
-            str(c.dead_lettered),
-        )
-    Console().print(table)
 
 
 def main() -> None:
-    """Console entry point. A configuration mistake is one line with the fix, exit 2."""
-    from app.core.errors import ConfigurationError
+    """Console entry point: every failure is one line and a documented exit code
+    (``app.cli.exits``); ``--debug`` (or HEALTHIE_SYNC_DEBUG=1) adds the traceback."""
+    from app.core.logs import configure
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    debug = "--debug" in sys.argv[1:] or os.environ.get("HEALTHIE_SYNC_DEBUG") == "1"
+    configure(logging.DEBUG if debug else logging.WARNING)
     try:
         cli()
-    except ConfigurationError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise SystemExit(130) from None
+    except Exception as exc:  # noqa: BLE001 - the one place a failure becomes an exit code
+        if debug or os.environ.get("HEALTHIE_SYNC_DEBUG") == "1":  # set by --debug too
+            import traceback
+
+            traceback.print_exception(exc)
+        typer.echo(one_line(exc), err=True)
+        raise SystemExit(int(exit_code(exc))) from None

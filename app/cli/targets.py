@@ -1,5 +1,5 @@
-"""``healthie-sync connectors`` and ``validate``: what targets exist, and whether the
-integrations' configuration holds together (options, declared tables, secrets) before any work."""
+"""``healthie-sync connectors``: what targets exist, their operations and options (the
+configuration checks are ``healthie-sync validate``: ``app.cli.validate``)."""
 
 from __future__ import annotations
 
@@ -33,20 +33,3 @@ def connectors(
             e["description"],
         )
     Console().print(table)
-
-
-def validate() -> None:
-    """Check every integration's config: targets' options and declared tables, secrets."""
-    from app.cli.common import open_runtime
-
-    runtime = open_runtime()  # loading validates every target (ConfigurationError otherwise)
-    try:
-        problems = runtime.check_secrets()
-        names = sorted(runtime.integrations)
-    finally:
-        runtime.close()
-    for problem in problems:
-        typer.echo(f"error: {problem}", err=True)
-    if problems:
-        raise typer.Exit(2)
-    typer.echo(f"ok: {len(names)} integration(s): {', '.join(names)}")

@@ -15,11 +15,16 @@ _URL = typer.Option(..., "--url", help="The engine's public base URL (https://..
 
 
 @app.command("status")
-def hooks_status(integration: str, url: str = _URL) -> None:
-    """What is registered at Healthie against what the integration needs, and warnings."""
+def hooks_status(
+    integration: str,
+    url: str = _URL,
+    as_json: bool = typer.Option(False, "--json", help="One JSON object."),
+) -> None:
+    """What is registered at Healthie against what the integration needs, and warnings.
+    Exits 1 when the registration drifted from what the integration needs."""
     from app.healthie.registration import webhook_status
 
-    runtime = open_runtime()
+    runtime = open_runtime(interactive=True)
     try:
         status = webhook_status(
             runtime.healthie(integration),
@@ -29,13 +34,27 @@ def hooks_status(integration: str, url: str = _URL) -> None:
         )
     finally:
         runtime.close()
-    typer.echo("in sync" if status.plan.in_sync else "drift:")
-    for step in status.plan.steps:
-        typer.echo(f"  {step}")
-    for other in status.plan.others:
-        typer.echo(f"  (left alone, other URL) {other}")
-    for warning in status.warnings:
-        typer.echo(f"warning: {warning}")
+    if as_json:
+        import json
+
+        report = {
+            "integration": integration,
+            "in_sync": status.plan.in_sync,
+            "steps": [str(step) for step in status.plan.steps],
+            "others": [str(other) for other in status.plan.others],
+            "warnings": list(status.warnings),
+        }
+        typer.echo(json.dumps(report))
+    else:
+        typer.echo("in sync" if status.plan.in_sync else "drift:")
+        for step in status.plan.steps:
+            typer.echo(f"  {step}")
+        for other in status.plan.others:
+            typer.echo(f"  (left alone, other URL) {other}")
+        for warning in status.warnings:
+            typer.echo(f"warning: {warning}")
+    if not status.plan.in_sync:
+        raise typer.Exit(1)  # exits.ExitCode.PROBLEMS: fix it with `webhooks sync`
 
 
 @app.command("sync")
@@ -43,7 +62,7 @@ def hooks_sync(integration: str, url: str = _URL) -> None:
     """Register or fix the integration's webhook so it carries exactly the needed events."""
     from app.healthie.registration import webhooks_sync
 
-    runtime = open_runtime()
+    runtime = open_runtime(interactive=True)
     try:
         actions = webhooks_sync(
             runtime.healthie(integration), runtime.integration(integration), url
@@ -65,7 +84,7 @@ def hooks_test(
     """Ask Healthie to send a test webhook and confirm the engine received and verified it."""
     from app.healthie.registration import confirm_arrival, engine_webhooks, send_test
 
-    runtime = open_runtime()
+    runtime = open_runtime(interactive=True)
     try:
         client = runtime.healthie(integration)
         registered = engine_webhooks(client, runtime.integration(integration), url)
@@ -90,7 +109,7 @@ def hooks_rotate(
     """Rotate the webhook signing secret (prints the procedure; --yes performs step 2)."""
     from app.healthie.registration import engine_webhooks, rotate_secret, rotation_steps
 
-    runtime = open_runtime()
+    runtime = open_runtime(interactive=True)
     try:
         client = runtime.healthie(integration)
         config = runtime.integration(integration)

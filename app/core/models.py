@@ -108,6 +108,8 @@ class Counts(BaseModel):
     skipped_unchanged: int = 0
     writes: int = 0
     dead_lettered: int = 0
+    #: deliveries given back for a retry (a service did not answer): the work stays queued
+    retried: int = 0
 
     def add(self, other: Counts) -> Counts:
         """Field-wise sum."""

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     # the engine sends no longer validates (one request per integration at start-up).
     check_schema_at_startup: bool = True
     # A lease that outlives a crashed worker or flusher hands its messages to another.
+    # Healthie requests: seconds one may take, and attempts per call. Workers keep the patient
+    # defaults; commands a person waits on (and the start-up check) use short ones, so a Healthie
+    # that accepts connections and never answers is reported in seconds, with its URL.
+    healthie_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+    healthie_max_attempts: int = Field(default=5, ge=1, le=20)
+    interactive_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     work_ack_deadline_seconds: int = Field(default=300, ge=1, le=600)
     dirty_ack_deadline_seconds: int = Field(default=600, ge=1, le=600)
 

@@ -151,6 +151,8 @@ class HealthieClient:
         if http_transport is not None:
             kwargs["transport"] = http_transport
         self.api_version = api_version
+        self.url = url
+        self.timeout = timeout
         self._transport = HTTPXTransport(url=url, **kwargs)
         self._client = Client(transport=self._transport, fetch_schema_from_transport=False)
         self._session = self._client.connect_sync()  # type: ignore[no-untyped-call]
@@ -232,7 +234,9 @@ class HealthieClient:
         except TransportServerError as exc:
             raise self._map_status(exc.code, str(exc)) from exc
         except TransportConnectionFailed as exc:
-            raise error_for_status(503, f"Healthie unreachable: {exc}") from exc
+            raise error_for_status(
+                503, f"Healthie unreachable at {self.url}: {exc} (timeout {self.timeout:g} s)"
+            ) from exc
         except TransportProtocolError as exc:
             raise InvalidResponse("Healthie answered something that is not GraphQL") from exc
         self._log_warnings(result.extensions)

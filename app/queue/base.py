@@ -92,3 +92,15 @@ class SubmittingQueue(Protocol):
     ) -> Future[list[str]]:
         """Start publishing; the future resolves with the ids once all are durably stored."""
         ...
+
+
+@runtime_checkable
+class CountingQueue(Protocol):
+    """A queue that can count a subscription's messages without leasing them (optional
+    capability: the embedded queue has it; Pub/Sub reports backlog only through Cloud
+    Monitoring, so ``PubSubQueue`` does not). ``dlq list`` uses it to notice dead letters the
+    index lacks (``workers.deadletters``)."""
+
+    def depth(self, subscription: str) -> int:
+        """Messages held for ``subscription``, leased or not; reads only."""
+        ...

@@ -206,7 +206,15 @@ class Runtime:
         try:
             return self.integrations[integration_id]
         except KeyError:
-            raise ConfigurationError(f"unknown integration {integration_id!r}") from None
+            import difflib
+
+            close = difflib.get_close_matches(integration_id, list(self.integrations), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            known = ", ".join(sorted(self.integrations)) or "none"
+            raise ConfigurationError(
+                f"unknown integration {integration_id!r}{hint} (known: {known}; "
+                f"in {self.settings.config_dir})"
+            ) from None
 
     def clients(self, integration_id: str) -> IntegrationClients:
         """The integration's clients (one set per integration in the process)."""
@@ -261,9 +269,22 @@ class Runtime:
         """The integration's target connectors, by target name."""
         return self.clients(integration_id).connectors
 
-    def build_healthie(self, integration: Integration) -> HealthieClient:
+    def probe_healthie(self, integration_id: str) -> HealthieClient:
+        """A fresh client for checks a person waits on (start-up, ``doctor``): one retry and
+        the short interactive timeout, so a silent Healthie is reported in seconds. The
+        caller closes it; it shares the key's guard (pacing) with the integration's client."""
+        return self.build_healthie(self.integration(integration_id), interactive=True)
+
+    def build_healthie(
+        self, integration: Integration, *, interactive: bool = False
+    ) -> HealthieClient:
         """A Healthie client for ``integration``, paced by its API key's guard."""
         cfg = integration.healthie
+        timeout = self.settings.healthie_timeout_seconds
+        attempts = self.settings.healthie_max_attempts
+        if interactive:
+            timeout = min(timeout, self.settings.interactive_timeout_seconds)
+            attempts = min(attempts, 2)
         api_key = self.secrets.get(cfg.api_key_secret)
         client = HealthieClient(
             url=cfg.url(),
@@ -271,6 +292,8 @@ class Runtime:
             api_version=cfg.api_version,
             shard_id=self.secrets.get(cfg.shard_id_secret) if cfg.shard_id_secret else None,
             http_transport=self.http_transport,
+            timeout=timeout,
+            max_attempts=attempts,
             batch_size=cfg.batch_size,
             guard=self.guards.for_credential(
                 credential_id(api_key), rate=cfg.rate_limit, name="Healthie"
@@ -355,8 +378,10 @@ def build_secrets(settings: Settings) -> SecretStore:
 
 def build_runtime(settings: Settings, *, secrets: SecretStore | None = None) -> Runtime:
     """Assemble a runtime from settings and the integration config directory."""
+    from app.core.logs import silence_payload_loggers
     from app.queue.topology import ensure_topology_for
 
+    silence_payload_loggers()  # entries must not reach any log, whoever configured logging
     integrations = load_integrations(settings.config_dir)
     queue = build_queue(settings)
     ensure_topology_for(queue, settings)

@@ -1,4 +1,6 @@
-"""The state contract: what the engine remembers between runs, per integration and patient."""
+"""The state contract: what the engine remembers between runs, per integration and patient,
+and the index of dead letters that lets an operator list them without touching the queue
+(``workers.deadletters`` keeps it in step with the dead-letter subscription)."""
 
 from __future__ import annotations
 
@@ -46,6 +48,26 @@ class PendingPatient(BaseModel):
     dirty_since: datetime
     reasons: list[str] = []
     version: int = 0
+
+
+class DeadLetter(BaseModel):
+    """One dead-lettered work item as the index records it: ids, kinds and the reason (built
+    from ids only, see ``app.core.errors``), never a patient value. Keyed by ``message_id``,
+    the message's id on the dead-letter topic, which stays the same across redeliveries."""
+
+    message_id: str
+    integration_id: str
+    patient_id: str
+    error_kind: str
+    error: str
+    delivery_attempt: int
+    dead_lettered_at: datetime
+    has_plan: bool = False
+    #: content hash of the entry the stored plan was computed for
+    plan_entry_hash: str | None = None
+    #: ``workers.rules.rules_version`` of the integration when the item failed (None: unknown)
+    rules_version: str | None = None
+    replay_of: str | None = None
 
 
 class StateStore(Protocol):
@@ -106,6 +128,21 @@ class StateStore(Protocol):
 
     def release_lease(self, name: str, owner: str) -> None:
         """Release the lease if ``owner`` holds it."""
+        ...
+
+    def put_dead_letter(self, dead: DeadLetter) -> None:
+        """Index one dead letter (upsert by ``message_id``)."""
+        ...
+
+    def list_dead_letters(
+        self, integration_id: str | None = None, *, limit: int = 10_000
+    ) -> list[DeadLetter]:
+        """Indexed dead letters (of one integration, or all), oldest first: by
+        ``dead_lettered_at``, then ``message_id``. Reads only."""
+        ...
+
+    def remove_dead_letters(self, message_ids: Sequence[str]) -> None:
+        """Drop the index entries of ``message_ids`` (unknown ids are ignored)."""
         ...
 
     def close(self) -> None:

@@ -11,6 +11,8 @@ Layout (``{prefix}`` lets several deployments, or test runs, share one project):
         pending/{patient_id}          PendingPatient: patient_id, dirty_since (timestamp),
                                       reasons (sorted array), version
     {prefix}-leases/{name}                            name, owner, expires_at (timestamp)
+    {prefix}-dead-letters/{message_id}                DeadLetter fields, dead_lettered_at as a
+                                                      timestamp (the dead-letter index)
 
 Ids become document ids through an injective escape (``_doc_id``): ASCII letters, digits,
 ``-`` and a non-leading ``_`` stay as they are, every other UTF-8 byte becomes ``%XX``. So no
@@ -74,7 +76,9 @@ and commit calls take no retry or timeout, so they run the library's own 60 s re
 Indexes: every query uses one field, so single-field indexes suffice, except that
 ``list_runs()`` for all integrations needs a collection-group index on
 ``{prefix}-runs.started_at`` (descending), declared with the deployment. ``list_audit`` for one
-patient filters by equality and sorts in memory, so it needs no composite index.
+patient filters by equality and sorts in memory, so it needs no composite index; so does
+``list_dead_letters`` for one integration (the index is one top-level collection, so listing
+every integration's dead letters is a plain ordered query, not a collection-group one).
 
 Errors are converted here: unavailable, deadline, internal, aborted → ``UpstreamUnavailable``
 (after the store's own retries, bounded by ``timeout``); quota → ``RateLimited``; permission,
@@ -109,7 +113,7 @@ from app.core.errors import (
 )
 from app.core.models import Counts, RunRecord, WritePlan
 from app.resilience.retry import Backoff, RetryPolicy, google_rpc_retry
-from app.state.base import AuditRecord, PatientState, PendingPatient
+from app.state.base import AuditRecord, DeadLetter, PatientState, PendingPatient
 
 #: Firestore's maximum document size, in its own accounting.
 MAX_DOCUMENT_BYTES = 1_048_576
@@ -366,6 +370,41 @@ class FirestoreStateStore:
 
         self._until_unchanged("release lease", attempt)
 
+    def put_dead_letter(self, dead: DeadLetter) -> None:
+        """Index one dead letter (last write wins)."""
+        doc = dead.model_dump(mode="json")
+        doc["dead_lettered_at"] = _to_firestore(dead.dead_lettered_at)
+        self._set(self._dead_letter(dead.message_id), doc, "index dead letter")
+
+    def list_dead_letters(
+        self, integration_id: str | None = None, *, limit: int = 10_000
+    ) -> list[DeadLetter]:
+        """Oldest first; one integration's by an equality filter, sorted in memory."""
+        if limit <= 0:
+            return []
+        collection = self._client.collection(f"{self._prefix}-dead-letters")
+        query = (
+            collection.where(filter=firestore.FieldFilter("integration_id", "==", integration_id))
+            if integration_id is not None
+            else collection.order_by("dead_lettered_at").limit(limit)
+        )
+        found = [
+            DeadLetter.model_validate(_plain_datetimes(d))
+            for d in self._stream(query, "list dead letters")
+        ]
+        found.sort(key=lambda d: (d.dead_lettered_at, d.message_id))
+        return found[:limit]
+
+    def remove_dead_letters(self, message_ids: Sequence[str]) -> None:
+        """Delete the entries, 500 per atomic batch; unknown ids are ignored."""
+        ids = list(dict.fromkeys(message_ids))
+        for start in range(0, len(ids), _MAX_BATCH_WRITES):
+            batch = self._client.batch()
+            for message_id in ids[start : start + _MAX_BATCH_WRITES]:
+                batch.delete(self._dead_letter(message_id))
+            with _vendor_errors("remove dead letters"):
+                batch.commit(retry=self._retry, timeout=self._timeout)
+
     def close(self) -> None:
         """Close the client."""
         self._client.close()  # type: ignore[no-untyped-call]
@@ -379,6 +418,9 @@ class FirestoreStateStore:
         parent = self._integration(integration_id)
         ref: firestore.DocumentReference = parent.collection(collection).document(_doc_id(key))
         return ref
+
+    def _dead_letter(self, message_id: str) -> firestore.DocumentReference:
+        return self._client.collection(f"{self._prefix}-dead-letters").document(_doc_id(message_id))
 
     def _lease(self, name: str) -> firestore.DocumentReference:
         return self._client.collection(f"{self._prefix}-leases").document(_doc_id(name))

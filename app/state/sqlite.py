@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from app.core.models import Counts, RunRecord
-from app.state.base import AuditRecord, PatientState, PendingPatient
+from app.state.base import AuditRecord, DeadLetter, PatientState, PendingPatient
 
 
 def _utc(value: datetime) -> datetime:
@@ -39,6 +39,11 @@ CREATE TABLE IF NOT EXISTS pending (
 CREATE TABLE IF NOT EXISTS leases (
   name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dead_letters (
+  message_id TEXT PRIMARY KEY, integration_id TEXT NOT NULL, dead_lettered_at TEXT NOT NULL,
+  body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters (dead_lettered_at, message_id);
 CREATE TABLE IF NOT EXISTS audit (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, integration_id TEXT NOT NULL, patient_id TEXT NOT NULL,
   body TEXT NOT NULL
@@ -226,6 +231,36 @@ class SqliteStateStore:
         """Drop the lease if ``owner`` holds it."""
         with self._lock:
             self._db.execute("DELETE FROM leases WHERE name=? AND owner=?", (name, owner))
+
+    def put_dead_letter(self, dead: DeadLetter) -> None:
+        """Insert or replace the index entry."""
+        # UTC ISO text of one fixed width sorts by instant.
+        at = _utc(dead.dead_lettered_at).isoformat(timespec="microseconds")
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO dead_letters VALUES (?,?,?,?)",
+                (dead.message_id, dead.integration_id, at, dead.model_dump_json()),
+            )
+
+    def list_dead_letters(
+        self, integration_id: str | None = None, *, limit: int = 10_000
+    ) -> list[DeadLetter]:
+        """Oldest first; one integration's when ``integration_id`` is given."""
+        query, params = "SELECT body FROM dead_letters", []
+        if integration_id is not None:
+            query += " WHERE integration_id=?"
+            params.append(integration_id)
+        query += " ORDER BY dead_lettered_at, message_id LIMIT ?"
+        with self._lock:
+            rows = self._db.execute(query, (*params, max(0, limit))).fetchall()
+        return [DeadLetter.model_validate_json(r[0]) for r in rows]
+
+    def remove_dead_letters(self, message_ids: Sequence[str]) -> None:
+        """Delete the entries; unknown ids are ignored."""
+        with self._lock:
+            self._db.executemany(
+                "DELETE FROM dead_letters WHERE message_id=?", [(m,) for m in message_ids]
+            )
 
     def close(self) -> None:
         """Close the database."""

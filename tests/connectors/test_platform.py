@@ -191,9 +191,13 @@ def test_validate_refuses_a_bad_target_in_one_line(tmp_path):
         "HEALTHIE_SYNC_CONFIG_DIR": str(tmp_path),
         "HEALTHIE_SYNC_DATA_DIR": str(tmp_path / "data"),
     }
+    from app.secrets.stores import env_name
+
+    env[env_name("demo-clinic/healthie-api-key")] = "key"
+    env[env_name("demo-clinic/webhook-signing-secret")] = "whsec_test"
     done = _cli("validate", env=env)
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1
-    assert "options.mode" in lines[0]
-    assert "Traceback" not in done.stderr
+    assert done.returncode == 1  # a finding, not a usage error
+    errors = [line for line in done.stdout.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stdout
+    assert "options.mode" in errors[0]
+    assert "Traceback" not in done.stdout + done.stderr

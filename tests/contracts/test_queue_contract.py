@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from app.core.errors import ConfigurationError, QueueUnavailable
-from app.queue.base import Message, Queue, SubscriptionSpec
+from app.queue.base import CountingQueue, Message, Queue, SubscriptionSpec
 from app.queue.pubsub import PubSubQueue, filter_expression
 from app.queue.sqlite import SqliteQueue
 from tests.pubsub_emulator import PROJECT, pubsub_emulator  # noqa: F401 - the fixture
@@ -236,6 +236,23 @@ def test_messages_carry_their_publish_time_in_utc(env):
 
 
 # -- Pub/Sub specifics -----------------------------------------------------------------------
+
+
+def test_counting_a_subscription_leases_nothing(env):
+    """Where a backend can count held messages (``CountingQueue``: the dead-letter listing's
+    drift check), counting is a read: the next pull still gets every message, first delivery."""
+    queue = env.queue
+    if not isinstance(queue, CountingQueue):
+        assert env.backend == "pubsub"  # backlog is a Cloud Monitoring metric there
+        return
+    counter: CountingQueue = queue
+    env.queue.publish_many(env.topic, [(b"a", {}), (b"b", {})])
+    assert [counter.depth(env.all), counter.depth(env.all)] == [2, 2]
+    leased = pull_n(env.queue, env.all, 2)
+    assert sorted(m.delivery_attempt for m in leased) == [1, 1]
+    assert counter.depth(env.all) == 2  # leased messages are still held
+    env.queue.ack(env.all, [m.ack_id for m in leased])
+    assert counter.depth(env.all) == 0
 
 
 def test_filter_expression_quotes_keys_and_values():

@@ -29,7 +29,7 @@ from app.core.errors import (
     UpstreamUnavailable,
 )
 from app.core.models import Cadence, Counts, RunRecord, WriteOperation, WritePlan
-from app.state.base import AuditRecord, PatientState, PendingPatient, StateStore
+from app.state.base import AuditRecord, DeadLetter, PatientState, PendingPatient, StateStore
 from app.state.firestore import FirestoreStateStore, convert_error
 from app.state.sqlite import SqliteStateStore
 from tests.firestore_emulator import firestore_emulator  # noqa: F401 (fixture)
@@ -624,6 +624,59 @@ def test_firestore_datetimes_are_utc_and_runs_sort_by_instant(firestore_pair):
     assert store.get_watermark("clinic-a", "sweep").tzinfo is UTC
     store.put_patient(patient(updated_at=late.started_at))
     assert store.get_patient("clinic-a", "1001").updated_at.tzinfo is UTC
+
+
+# --- the dead-letter index ----------------------------------------------------------------
+
+
+def dead_letter(message_id, integration_id="clinic-a", minutes=0, **changes) -> DeadLetter:
+    fields = {
+        "message_id": message_id,
+        "integration_id": integration_id,
+        "patient_id": "1001",
+        "error_kind": "target_rejected",
+        "error": "TargetRejected: warehouse refused table patients",
+        "delivery_attempt": 2,
+        "dead_lettered_at": T0 + timedelta(minutes=minutes),
+    }
+    return DeadLetter.model_validate(fields | changes)
+
+
+def test_dead_letters_round_trip_oldest_first_per_integration(store):
+    assert store.list_dead_letters() == []
+    late = dead_letter("a/3", minutes=5, has_plan=True, plan_entry_hash="sha256:bb")
+    early = dead_letter("m-1", "clinic-b", rules_version="rules:0123456789abcdef")
+    tie = dead_letter("m-0", "clinic-b")
+    for d in (late, early, tie):
+        store.put_dead_letter(d)
+    assert store.list_dead_letters() == [tie, early, late]  # by time, then message id
+    assert store.list_dead_letters("clinic-b") == [tie, early]
+    assert store.list_dead_letters("clinic-a") == [late]
+    assert store.list_dead_letters(limit=1) == [tie]
+    assert store.list_dead_letters("clinic-c") == []
+    (back,) = store.list_dead_letters("clinic-a")
+    assert back.dead_lettered_at == late.dead_lettered_at  # aware UTC, microseconds kept
+    assert back.dead_lettered_at.tzinfo is not None
+
+
+def test_dead_letter_index_upserts_and_removes_by_message_id(store):
+    store.put_dead_letter(dead_letter("m-1"))
+    store.put_dead_letter(dead_letter("m-1", error_kind="plan_invalid"))  # the same letter
+    store.put_dead_letter(dead_letter("m-2", minutes=1))
+    assert [d.error_kind for d in store.list_dead_letters()] == ["plan_invalid", "target_rejected"]
+    store.remove_dead_letters(["m-1", "never-indexed"])
+    assert [d.message_id for d in store.list_dead_letters()] == ["m-2"]
+    store.remove_dead_letters([])
+    assert len(store.list_dead_letters()) == 1
+
+
+def test_dead_letters_in_other_zones_sort_by_instant(store):
+    east = timezone(timedelta(hours=9))
+    store.put_dead_letter(
+        dead_letter("tokyo", dead_lettered_at=datetime(2026, 3, 1, 20, tzinfo=east))
+    )
+    store.put_dead_letter(dead_letter("utc", dead_lettered_at=datetime(2026, 3, 1, 12, tzinfo=UTC)))
+    assert [d.message_id for d in store.list_dead_letters()] == ["tokyo", "utc"]
 
 
 def test_run_counts_add_up_from_several_writers(open_store):

@@ -61,6 +61,7 @@ def test_cli_prints_one_json_counts_line(tmp_path):
         "skipped_unchanged",
         "writes",
         "dead_lettered",
+        "retried",
     ]
     assert counts["processed"] > 0
 

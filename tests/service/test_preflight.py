@@ -1,5 +1,6 @@
-"""serve's start-up checks: secrets resolve, and every operation validates against each
-integration's live schema (refusing to start when one no longer does)."""
+"""serve's start-up checks: validate's offline checks hold (secrets resolve, plan paths exist),
+every operation validates against each integration's live schema, and the plan's paths typed
+against it read what they mean (refusing to start when any does not)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from app.service.serving import serve_in_thread
 from sandbox.core import Sandbox
 from sandbox.executable import SCHEMA_PATH
 from sandbox.server import create_app as sandbox_app
-from tests.helpers import demo_runtime
+from tests.helpers import REPO, demo_runtime
+
+DEMO_PLAN = REPO / "prompts" / "plans" / "demo-clinic.plan.json"
 
 
 def introspection_without(field: str) -> dict:
@@ -52,20 +55,60 @@ def test_refuses_to_start_when_an_operation_no_longer_validates(tmp_path):
     rt.close()
 
 
-def test_missing_secrets_are_reported_and_skip_the_schema_check(tmp_path):
-    calls: list[httpx2.Request] = []
-
-    def record(request: httpx2.Request) -> httpx2.Response:
+def recording_runtime(tmp_path, calls: list, live: dict | None = None):
+    def handler(request: httpx2.Request) -> httpx2.Response:
         calls.append(request)
-        return httpx2.Response(500)
+        if live is None:
+            return httpx2.Response(500)
+        return httpx2.Response(200, json={"data": live})
 
-    rt = demo_runtime(
-        tmp_path,
-        http_transport=httpx2.MockTransport(record),
-    )
+    return demo_runtime(tmp_path, http_transport=httpx2.MockTransport(handler))
+
+
+def with_plan(rt, tmp_path, edit) -> None:
+    """Point the runtime's demo integration at an edited copy of its plan."""
+    plan = tmp_path / "edited.plan.json"
+    plan.write_text(edit(DEMO_PLAN.read_text(encoding="utf-8")), encoding="utf-8")
+    integration = rt.integrations["demo-clinic"]
+    agent = integration.agent.model_copy(update={"plan": plan})
+    rt.integrations["demo-clinic"] = integration.model_copy(update={"agent": agent})
+
+
+def test_missing_secrets_refuse_start_up_before_calling_healthie(tmp_path):
+    calls: list[httpx2.Request] = []
+    rt = recording_runtime(tmp_path, calls)
     rt.secrets = MemorySecretStore({})
-    warnings = preflight(rt)
-    assert warnings
-    assert all(w.startswith("demo-clinic:") for w in warnings)
+    with pytest.raises(ConfigurationError) as refused:
+        preflight(rt)
+    lines = str(refused.value).splitlines()
+    assert lines[0].startswith("serve refused to start: 2 configuration error(s)")
+    assert all(line.startswith("  demo-clinic: secret ") for line in lines[1:])
+    assert len(lines) == 3
     assert calls == []
+    rt.close()
+
+
+def test_a_misspelt_plan_field_refuses_start_up_offline(tmp_path):
+    calls: list[httpx2.Request] = []
+    rt = recording_runtime(tmp_path, calls)
+    with_plan(rt, tmp_path, lambda s: s.replace("entry.user_group.name", "entry.user_grop.name"))
+    with pytest.raises(ConfigurationError, match=r"(?m)^  demo-clinic: step 1 .*entry\.user_grop"):
+        preflight(rt, check_schema=False)
+    assert calls == []
+    rt.close()
+
+
+def test_a_path_the_live_schema_types_as_null_refuses_start_up(tmp_path):
+    live = introspection_from_schema(schema_from_file(SCHEMA_PATH))
+    calls: list[httpx2.Request] = []
+    rt = recording_runtime(tmp_path, calls, cast(dict, live))
+    with_plan(
+        rt,
+        tmp_path,
+        lambda s: s.replace("entry.policies[0].insurance_plan", "entry.policies.insurance_plan"),
+    )
+    assert preflight(rt, check_schema=False) == []  # the selection alone cannot tell a list
+    with pytest.raises(ConfigurationError, match="list of Policy"):
+        preflight(rt)
+    assert len(calls) == 1  # one introspection
     rt.close()

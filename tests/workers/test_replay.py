@@ -2,7 +2,9 @@
 
 Listing and replay run on both backends (``tests.backends``): SQLite queue and state, and
 Pub/Sub + Firestore on their emulators. The ``/ops`` endpoints are a thin layer over the same
-functions and stay on the default in-memory SQLite runtime.
+functions and stay on the default in-memory SQLite runtime. What a listing must not change and
+how the index heals are in ``test_replay_index.py``; replaying after a fix in
+``test_replay_modes.py``.
 """
 
 from __future__ import annotations
@@ -59,10 +61,11 @@ def test_failed_write_dead_letters_with_its_plan_and_replays_without_the_agent(
     _fail_writes(runtime, monkeypatch)
     work(runtime, "1", "2")
     assert drain(runtime).dead_lettered == 2
-    dead = list_dead_letters(runtime.queue)
+    dead = list_dead_letters(runtime.state)
     assert sorted(d.patient_id for d in dead) == ["1", "2"]
     assert all(d.has_plan and d.error_kind == "target_rejected" for d in dead)
-    assert len(list_dead_letters(runtime.queue)) == 2  # listing changed nothing
+    assert all(d.rules_version and d.rules_version.startswith("rules:") for d in dead)
+    assert len(list_dead_letters(runtime.state)) == 2  # listing changed nothing
 
     monkeypatch.undo()  # the warehouse accepts writes again
     agent = runtime.agent("demo-clinic")
@@ -76,12 +79,18 @@ def test_failed_write_dead_letters_with_its_plan_and_replays_without_the_agent(
     monkeypatch.setattr(agent, "decide", recording_decide)
     fake.patients["2"]["first_name"] = "Changed since"  # entry 2 changed: decide again
 
-    preview = replay(runtime.queue, ReplayFilter(integration_id="demo-clinic"), preview=True)
-    assert (preview.replayed, len(preview.selected)) == (0, 2)
+    preview = replay(runtime, ReplayFilter(integration_id="demo-clinic"), preview=True)
+    assert (preview.replayed, preview.scanned, len(preview.selected)) == (0, 0, 2)
+    decisions = {i.patient_id: (i.decision, i.why) for i in preview.selected}
+    assert decisions == {
+        "1": ("stored_plan", "rules and entry unchanged since the failure"),
+        "2": ("decide_again", "the entry changed since the failure"),
+    }
     report = replay(
-        runtime.queue, ReplayFilter(integration_id="demo-clinic"), preview=False, rate_per_second=0
+        runtime, ReplayFilter(integration_id="demo-clinic"), preview=False, rate_per_second=0
     )
-    assert report.replayed == 2
+    assert (report.replayed, report.missing) == (2, [])
+    assert list_dead_letters(runtime.state) == []  # replayed entries left the index
     assert runtime.queue.pull(WORK_DLQ_SUBSCRIPTION) == []
     if hasattr(runtime.queue, "depth"):  # SQLite can say what is held, leased or not
         assert runtime.queue.depth(WORK_DLQ_SUBSCRIPTION) == 0  # replayed ones were acked
@@ -102,20 +111,20 @@ def test_filters_select_by_patient_kind_and_time(runtime, fake, monkeypatch):
     fake.fail_status = 400
     work(runtime, "4")
     drain(runtime)
-    everything = list_dead_letters(runtime.queue)
+    everything = list_dead_letters(runtime.state)
     assert len(everything) == 4
     assert [
         d.patient_id
-        for d in list_dead_letters(runtime.queue, ReplayFilter(error_kind="invalid_response"))
+        for d in list_dead_letters(runtime.state, ReplayFilter(error_kind="invalid_response"))
     ] == ["4"]
     assert [
-        d.patient_id for d in list_dead_letters(runtime.queue, ReplayFilter(patient_id="2"))
+        d.patient_id for d in list_dead_letters(runtime.state, ReplayFilter(patient_id="2"))
     ] == ["2"]
     future = datetime.now(UTC) + timedelta(hours=1)
-    assert list_dead_letters(runtime.queue, ReplayFilter(since=future)) == []
-    report = replay(runtime.queue, ReplayFilter(patient_id="3"), preview=False, rate_per_second=0)
+    assert list_dead_letters(runtime.state, ReplayFilter(since=future)) == []
+    report = replay(runtime, ReplayFilter(patient_id="3"), preview=False, rate_per_second=0)
     assert report.replayed == 1
-    assert sorted(d.patient_id for d in list_dead_letters(runtime.queue)) == ["1", "2", "4"]
+    assert sorted(d.patient_id for d in list_dead_letters(runtime.state)) == ["1", "2", "4"]
     (requeued,) = runtime.queue.pull(WORK_SUBSCRIPTION)
     assert requeued.attributes["replay_of"] == report.selected[0].message_id
 
@@ -154,7 +163,7 @@ def test_queue_forwarded_dead_letters_show_attempts_and_time():
     """Dead letters the queue forwarded itself (no worker stamp) still list usefully."""
     from app.core.models import WorkItem
     from app.queue.base import Message
-    from workers.replay import _describe
+    from workers.deadletters import describe_message
 
     item = WorkItem(
         integration_id="demo-clinic", patient_id="7", flush_id="f", dirty_since=datetime.now(UTC)
@@ -164,7 +173,7 @@ def test_queue_forwarded_dead_letters_show_attempts_and_time():
         {"dead_letter_delivery_attempts": "5"},
         {"CloudPubSubDeadLetterSourceDeliveryCount": "5"},
     ):
-        described = _describe(
+        dead, _ = describe_message(
             Message(
                 message_id="m",
                 data=item.model_dump_json().encode(),
@@ -174,7 +183,5 @@ def test_queue_forwarded_dead_letters_show_attempts_and_time():
                 publish_time=published,
             )
         )
-        assert described is not None
-        dead, _ = described
         assert (dead.delivery_attempt, dead.dead_lettered_at) == (5, published)
         assert ReplayFilter(since=published - timedelta(minutes=1)).matches(dead)
