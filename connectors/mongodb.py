@@ -63,7 +63,6 @@ from datetime import UTC, datetime, time
 from datetime import date as date_type
 from typing import Any, ClassVar
 
-from bson.errors import InvalidDocument
 from pydantic import BaseModel, Field
 from pymongo import DeleteOne, MongoClient, UpdateOne
 from pymongo import errors as perr
@@ -72,12 +71,11 @@ from app.core.errors import (
     ConfigurationError,
     HealthieSyncError,
     PlanValidationError,
-    RateLimited,
-    TargetRejected,
     UpstreamUnavailable,
 )
 from app.resilience.guard import Guard
 from connectors.base import Connector, Scope, Write, WriteResult
+from connectors.mongodb_errors import INDEX_NAME, for_code, mapped
 from connectors.tables import (
     ColumnType,
     DeleteRow,
@@ -93,16 +91,9 @@ Outcome = tuple[bool, HealthieSyncError | None]  # (changed, error) of one write
 ClientFactory = Callable[..., Any]  # pymongo.MongoClient's signature (tests: mongomock's)
 
 IDENTITY = ("integration_id", "patient_id", "key")
-INDEX_NAME = "healthie_sync_identity"
 DIGEST = "_sync_digest"
 _INT64 = (-(2**63), 2**63 - 1)
 _MAX_DOCUMENT = 15 * 1024 * 1024  # BSON's 16 MiB, less room for field names and scope
-# Server error codes (github.com/mongodb/mongo, src/mongo/base/error_codes.yml).
-_AUTH = {11, 13, 18, 8000}  # UserNotFound, Unauthorized, AuthenticationFailed, AtlasError
-_INDEX_CONFLICT = {85, 86}  # IndexOptionsConflict, IndexKeySpecsConflict
-# unreachable, network timeout, socket; time limits; shutdown, stepdown, not primary; conflict
-_TRANSIENT = {6, 7, 89, 9001} | {50, 262} | {91, 189, 10107, 11600, 11602, 13435, 13436} | {112}
-_THROTTLED = {16500}  # TooManyRequests (Azure Cosmos DB's MongoDB API)
 
 
 class MongoOptions(TableOptions):
@@ -174,7 +165,7 @@ class MongoConnector(TableConnector):
             if self._client is None:
                 uri = self.credentials["uri"].get_secret_value()
                 timeout = self.mongo.server_selection_timeout_ms
-                with self._mapped(self._where("connect")):
+                with mapped(self._where("connect")):
                     self._client = self._factory(
                         uri,
                         serverSelectionTimeoutMS=timeout,
@@ -230,7 +221,7 @@ class MongoConnector(TableConnector):
         """Mirror mode: delete the scope's documents whose keys are not kept, one delete_many
         per declared collection (undeclared: every collection carrying the identity index)."""
         where = self._where("prune")
-        with self._counting(first_is_counted=False), self._mapped(where):
+        with self._counting(first_is_counted=False), mapped(where):
             tables = sorted(self.table_options.tables or {})
             if self.table_options.tables is None:
                 self._sent()
@@ -249,20 +240,20 @@ class MongoConnector(TableConnector):
     def probe(self) -> str:
         """See :meth:`Connector.probe`: listCollections on the database (nothing is written;
         a user without rights on it is refused here as a write would be)."""
-        with self._mapped(self._where("probe")):
+        with mapped(self._where("probe")):
             names = self.client[self.mongo.database].list_collection_names()
         return f"database {self.mongo.database!r} answers listCollections ({len(names)} found)"
 
     def ensure_tables(self) -> None:
         """Create every declared collection's identity index now (else the first write does)."""
-        with self._mapped(self._where("index")):
+        with mapped(self._where("index")):
             for table in self.table_options.tables or {}:
                 self._indexed_collection(table)
 
     def fetch_rows(self, table: str) -> list[dict[str, Any]]:
         """Every document of ``table`` (all integrations and patients), without ``_id`` and
         the digest."""
-        with self._mapped(self._where(f"read {table}")):
+        with mapped(self._where(f"read {table}")):
             return list(self.collection(table).find({}, {"_id": 0, DIGEST: 0}))
 
     # -- one collection ------------------------------------------------------------------
@@ -298,7 +289,7 @@ class MongoConnector(TableConnector):
     def _upsert(self, table: str, writes: list[Write]) -> list[Outcome]:
         where = self._where(f"upsert {table}")
         mode = self.table_options.mode
-        with self._mapped(where):
+        with mapped(where):
             coll = self._indexed_collection(table)
         docs = [self._document(table, w) for w in writes]
         state = self._digests(where, coll, [rid for rid, _ in docs])
@@ -353,7 +344,7 @@ class MongoConnector(TableConnector):
         ]
         query = clauses[0] if len(clauses) == 1 else {"$or": clauses}
         projection = {"_id": 0, "integration_id": 1, "patient_id": 1, "key": 1, DIGEST: 1}
-        with self._mapped(where):
+        with mapped(where):
             self._sent()
             return {
                 (d["integration_id"], d["patient_id"], d["key"]): str(d.get(DIGEST, ""))
@@ -365,7 +356,7 @@ class MongoConnector(TableConnector):
         """One unordered bulk_write; the error of each refused operation, by its index."""
         if not ops:
             return {}
-        with self._mapped(where):
+        with mapped(where):
             try:
                 self._sent()
                 coll.bulk_write(ops, ordered=False)
@@ -376,7 +367,7 @@ class MongoConnector(TableConnector):
                         f"{where}: the write concern was not met (the writes are retried)"
                     ) from None
                 return {
-                    int(e["index"]): _for_code(f"{where}: the document was refused", e.get("code"))
+                    int(e["index"]): for_code(f"{where}: the document was refused", e.get("code"))
                     for e in details.get("writeErrors", [])
                 }
         return {}
@@ -410,51 +401,6 @@ class MongoConnector(TableConnector):
             yield
         finally:  # the base counted one request per chunk already
             self.requests += max(0, self._local.sent - (1 if first_is_counted else 0))
-
-    @contextmanager
-    def _mapped(self, where: str) -> Iterator[None]:
-        """Driver exceptions inside as the engine's kinds: names and codes only (the
-        driver's texts can quote document values, and a bad URI's its password)."""
-        try:
-            yield
-        except HealthieSyncError:
-            raise
-        except (perr.InvalidURI, perr.ConfigurationError):
-            raise ConfigurationError(
-                f"{where}: credentials.uri is not a usable MongoDB connection string"
-            ) from None
-        except perr.ConnectionFailure as exc:  # AutoReconnect, server selection, network
-            raise UpstreamUnavailable(
-                f"{where}: MongoDB unavailable ({type(exc).__name__})"
-            ) from exc
-        except perr.OperationFailure as exc:
-            if exc.has_error_label("RetryableWriteError"):
-                raise UpstreamUnavailable(f"{where}: transient failure ({exc.code})") from None
-            raise _for_code(f"{where}: refused", exc.code) from None
-        except InvalidDocument:
-            raise TargetRejected(f"{where}: a document BSON cannot encode") from None
-        except perr.PyMongoError as exc:
-            raise UpstreamUnavailable(f"{where}: {type(exc).__name__}") from None
-
-
-def _for_code(what: str, code: Any) -> HealthieSyncError:
-    """The engine's kind for a MongoDB server error code."""
-    number = code if isinstance(code, int) else -1
-    if number in _AUTH:
-        return ConfigurationError(
-            f"{what} (code {number}): authentication or authorization failed; check the user "
-            "in credentials.uri and its roles on the database"
-        )
-    if number in _INDEX_CONFLICT:
-        return ConfigurationError(
-            f"{what} (code {number}): an index on (integration_id, patient_id, key) exists "
-            f"with other options; drop it so the connector can create {INDEX_NAME!r}"
-        )
-    if number in _THROTTLED:
-        return RateLimited(f"{what} (code {number}): throttled by the server")
-    if number in _TRANSIENT:
-        return UpstreamUnavailable(f"{what} (code {number}): transient server failure")
-    return TargetRejected(f"{what} (code {number})")
 
 
 def _bson(kind: ColumnType, value: Scalar) -> Any:
