@@ -10,18 +10,17 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import REPO
+from tests.servers import silent
 
 DEMO = (REPO / "config" / "integrations" / "demo-clinic.toml").read_text(encoding="utf-8")
 PLAN = REPO / "prompts" / "plans" / "demo-clinic.plan.json"
 INSTRUCTIONS = REPO / "prompts" / "examples" / "demo-clinic.md"
+
+silent_healthie = silent.silent_healthie  # the fixture, for the tests below
 
 
 def run_cli(
@@ -144,33 +143,6 @@ def test_runs_on_an_empty_data_dir_says_so_and_where(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "no runs recorded in" in done.stdout
     assert str(data) in done.stdout.replace("\n", "")
-
-
-@pytest.fixture
-def silent_healthie() -> Iterator[str]:
-    """A server that accepts connections and never answers."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}/graphql"
-    stop.set()
-    thread.join(timeout=2)
-    for conn in held:
-        conn.close()
-    server.close()
 
 
 def test_a_silent_healthie_is_reported_in_seconds_with_its_url(tmp_path, silent_healthie):

@@ -21,8 +21,11 @@ from sandbox.core import Sandbox
 from sandbox.executable import SCHEMA_PATH
 from sandbox.server import create_app as sandbox_app
 from tests.helpers import REPO, demo_runtime
+from tests.servers import silent
 
 DEMO_PLAN = REPO / "prompts" / "plans" / "demo-clinic.plan.json"
+
+silent_healthie = silent.silent_healthie  # the fixture, for the tests below
 
 
 def introspection_without(field: str) -> dict:
@@ -112,3 +115,20 @@ def test_a_path_the_live_schema_types_as_null_refuses_start_up(tmp_path):
         preflight(rt)
     assert len(calls) == 1  # one introspection
     rt.close()
+
+
+def test_a_silent_healthie_is_a_warning_within_seconds_not_a_hung_start(tmp_path, silent_healthie):
+    import time
+
+    rt = demo_runtime(tmp_path, api_url=silent_healthie, interactive_timeout_seconds=1.0)
+    started = time.monotonic()
+    try:
+        warnings = preflight(rt)
+    finally:
+        rt.close()
+    elapsed = time.monotonic() - started
+    assert len(warnings) == 1
+    assert "live schema not checked" in warnings[0]
+    assert silent_healthie in warnings[0]
+    # two attempts of 1 s (the workers' defaults, 5 x 30 s, kept serve from listening)
+    assert elapsed < 20
