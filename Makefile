@@ -31,7 +31,7 @@ test: $(STAMP) $(NODE_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check app workers connectors sandbox tests bench
+	$(BIN)/ruff format --check app workers connectors sandbox tests bench tools
 	$(BIN)/mypy
 
 bench: $(STAMP)
@@ -45,6 +45,7 @@ lock:
 	rm -rf /tmp/healthie-sync-lock && $(PYTHON) -m venv /tmp/healthie-sync-lock
 	/tmp/healthie-sync-lock/bin/pip install --quiet 'setuptools==80.9.0' && /tmp/healthie-sync-lock/bin/pip install --quiet -e '.[dev]'
 	/tmp/healthie-sync-lock/bin/pip freeze --all --exclude-editable | grep -v -e '^-e' -e '^pip==' > requirements.lock
+	/tmp/healthie-sync-lock/bin/python tools/runtime_lock.py . > requirements.runtime.lock
 
 clean:
 	rm -rf $(VENV) node_modules .healthie-sync .pytest_cache .mypy_cache .ruff_cache

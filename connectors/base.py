@@ -28,7 +28,7 @@ see, so asking for an agent never opens a target.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
@@ -41,6 +41,7 @@ from app.core.errors import (
     PlanValidationError,
     UpstreamUnavailable,
 )
+from app.observability import metrics
 from app.resilience.guard import Guard
 from app.resilience.retry import Backoff, RetryPolicy
 
@@ -237,18 +238,40 @@ class Connector:
         """Execute validated writes: grouped by operation (in order of first appearance),
         in chunks of ``max_batch``, each chunk one call of ``write_<operation>``. Returns one
         result per write, in order; a failure is that write's result, never an exception
-        (except a dying process)."""
+        (except a dying process). Writes, errors, retries and the write stage's latency are
+        recorded per integration and target (``app.observability.metrics``)."""
         results: list[WriteResult | None] = [None] * len(writes)
         groups: dict[str, list[int]] = {}
         for i, w in enumerate(writes):
             groups.setdefault(w.operation, []).append(i)
-        for operation, indexes in groups.items():
-            for start in range(0, len(indexes), self.max_batch):
-                chunk = indexes[start : start + self.max_batch]
-                self._run_chunk(operation, chunk, writes, results)
-        return [
+        integration = writes[0].scope.integration_id if writes else metrics.UNKNOWN
+        with metrics.stage_timer(integration, "write"):
+            for operation, indexes in groups.items():
+                for start in range(0, len(indexes), self.max_batch):
+                    chunk = indexes[start : start + self.max_batch]
+                    self._run_chunk(operation, chunk, writes, results)
+        done = [
             r if r is not None else self._failed(writes[i], _lost()) for i, r in enumerate(results)
         ]
+        for write, result in zip(writes, done, strict=True):
+            kind = result.error.kind if result.error is not None else None
+            metrics.record_target_write(
+                write.scope.integration_id, self.name, self.kind, ok=kind is None, kind=kind
+            )
+        return done
+
+    def _retry_for(self, integration: str) -> RetryPolicy:
+        """The retry policy, telling the metrics of each retry (and of rate-limit answers)."""
+        if not metrics.is_configured() or self.retry.on_retry is not None:
+            return self.retry
+
+        def counted(exc: BaseException, _wait: float) -> None:
+            kind = exc.kind if isinstance(exc, HealthieSyncError) else type(exc).__name__
+            metrics.record_retry(integration, self.name, kind)
+            if kind == "rate_limited":
+                metrics.record_rate_limited(integration, self.name)
+
+        return replace(self.retry, on_retry=counted)
 
     def _run_chunk(
         self,
@@ -266,8 +289,9 @@ class Connector:
             self.requests += 1
             return method(batch)
 
+        retry = self._retry_for(batch[0].scope.integration_id)
         try:
-            out = list(self.retry.call(lambda: self.guard.call(send)))
+            out = list(retry.call(lambda: self.guard.call(send)))
         except FatalError as exc:
             if len(chunk) == 1:
                 results[chunk[0]] = self._failed(batch[0], exc)

@@ -30,6 +30,13 @@ CONNECTORS: dict[str, str] = {
     "airtable": "connectors.airtable:AirtableConnector",
     "brevo": "connectors.brevo:BrevoConnector",
     "customerio": "connectors.customerio:CustomerIoConnector",
+    "stedi": "connectors.stedi:StediConnector",
+    "nirvana": "connectors.nirvana:NirvanaConnector",
+    "fhir": "connectors.fhir:FhirConnector",
+    "hubspot": "connectors.hubspot:HubSpotConnector",
+    "stripe": "connectors.stripe:StripeConnector",
+    "candid": "connectors.candid:CandidConnector",
+    "healthie": "connectors.healthie:HealthieConnector",
 }
 
 

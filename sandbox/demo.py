@@ -10,22 +10,30 @@
 
 State lives in ``.healthie-sync/demo``, so a second run processes nothing unless the sandbox
 changed: the sandbox is deterministic, so its changes reproduce the same entries.
+
+The human lines go to standard error through rich; when the process logs Cloud Logging JSON
+(``HEALTHIE_SYNC_LOG_FORMAT=json``, or on Cloud Run) each line is an INFO record of the
+``sandbox.demo`` logger instead, labelled with the integration and run, and there is no
+progress bar, so every line the demo writes is one JSON object.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx2
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.text import Text
 from sqlalchemy.engine import URL, make_url
 
 import app
 from app.api.app import create_app
+from app.core import logs
 from app.core.config import TargetConfig, load_integration
 from app.core.errors import ConfigurationError
 from app.core.models import Counts
@@ -44,6 +52,28 @@ if TYPE_CHECKING:
 
 REPO = Path(app.__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "config" / "integrations" / "demo-clinic.toml"
+log = logging.getLogger(__name__)
+
+
+class Say(Protocol):
+    """Where the demo's human lines go: a rich Console, or :class:`LogLines`."""
+
+    def print(self, *objects: Any, soft_wrap: bool | None = None) -> None:
+        """Write one line (rich markup allowed)."""
+
+
+class LogLines:
+    """The demo's lines as INFO log records (markup removed): in json log mode every line
+    the process writes is then one Cloud Logging entry."""
+
+    def __init__(self) -> None:
+        # the command line keeps the root at WARNING; these lines are the demo's output
+        log.setLevel(logging.INFO)
+
+    def print(self, *objects: Any, soft_wrap: bool | None = None) -> None:
+        """Log the line at INFO."""
+        text = " ".join(Text.from_markup(str(o)).plain for o in objects)
+        log.info("%s", text.strip(), stacklevel=2)
 
 
 def run_demo(
@@ -53,7 +83,7 @@ def run_demo(
     seed: int = 7,
     reset: bool = False,
     data_dir: Path | None = None,
-    console: Console | None = None,
+    console: Say | None = None,
     target: str = "sqlite",
     dsn: str | None = None,
 ) -> Counts:
@@ -63,7 +93,7 @@ def run_demo(
     from sandbox.core import Sandbox
     from sandbox.server import create_app as create_sandbox_app
 
-    console = console or Console(stderr=True)
+    console = console or (LogLines() if logs.is_json() else Console(stderr=True))
     # Each target keeps its own state: a second target must not inherit "unchanged" verdicts.
     data = data_dir or (Settings().data_dir / ("demo" if target == "sqlite" else f"demo-{target}"))
     if reset and data.exists():
@@ -160,7 +190,20 @@ def _run(
     changes: int,
     seed: int,
     http: httpx2.Client,
-    console: Console,
+    console: Say,
+) -> Counts:
+    integration = next(iter(runtime.integrations.values()))
+    with logs.bind(integration=integration.id):
+        return _run_integration(runtime, sandbox, changes, seed, http, console)
+
+
+def _run_integration(
+    runtime: Runtime,
+    sandbox: Sandbox,
+    changes: int,
+    seed: int,
+    http: httpx2.Client,
+    console: Say,
 ) -> Counts:
     integration = next(iter(runtime.integrations.values()))
     with serve_in_thread(create_app(runtime)) as engine_url:
@@ -190,6 +233,23 @@ def _run(
     console.print(
         f"  flush {result.flush_id}: {result.marks} marks -> {result.work_items} patients"
     )
+    with logs.bind(run_id=f"{result.flush_id}-{integration.id}"):
+        counts = _drain(runtime, console, result.work_items)
+    counts.webhooks_received = runtime.stats.received
+    counts.webhooks_rejected = runtime.stats.rejected
+    counts.dirty_patients = result.work_items
+    # the workers counted each run's outcomes as they went (a finished run is final)
+    return counts
+
+
+def _drain(runtime: Runtime, console: Say, total: int) -> Counts:
+    if not isinstance(console, Console):  # log lines: no progress bar
+        counts = drain(runtime)
+        console.print(
+            f"  processed {counts.processed}, unchanged {counts.skipped_unchanged}, "
+            f"dead-lettered {counts.dead_lettered}"
+        )
+        return counts
     with Progress(
         TextColumn("  processing"),
         BarColumn(),
@@ -197,17 +257,10 @@ def _run(
         console=console,
         transient=True,
     ) as progress:
-        task = progress.add_task("work", total=result.work_items)
-        counts = drain(
+        task = progress.add_task("work", total=total)
+        return drain(
             runtime,
             on_batch=lambda c: progress.advance(
                 task, c.processed + c.skipped_unchanged + c.dead_lettered
             ),
         )
-    counts.webhooks_received = runtime.stats.received
-    counts.webhooks_rejected = runtime.stats.rejected
-    counts.dirty_patients = result.work_items
-    for run in result.runs:
-        run.counts = counts
-        runtime.state.save_run(run)
-    return counts

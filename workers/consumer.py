@@ -1,14 +1,16 @@
-"""Pull work items, run them through the pipeline, and settle every one: ack, nack or
-dead-letter happen here and nowhere else.
+"""Pull work items, run them through the pipeline, and settle every one: ack, nack,
+dead-letter or wait happen here and nowhere else.
 
 ::
 
-    pull ─▶ decode ─▶ middleware.before_batch ─▶ workers.pipeline.run ─▶ settle each
-                      (patient leases: busy          (fetch → prepare →     │
-                       items come back later)          decide → write →     ▼
-                                                       record)          middleware.after_item
-                                                                        (audit, tallies), then
-                                                                        the queue action
+    pull ─▶ decode ─▶ middleware.before_batch ─▶ one lane per integration ─▶ settle each
+                      (patient leases: busy          workers.pipeline.run     │
+                       items come back later)        (fetch → prepare →       ▼
+                                                      decide → write →    middleware.after_item
+                                                      record)             (audit, tallies), then
+                                                                          the queue action
+                      lease keeper: while the batch runs, every third of the lease, extend the
+                      unsettled messages' ack deadlines and renew the patient leases
                       middleware.after_batch (release leases, add the run counts)
 
 =================  ===========================================================
@@ -16,14 +18,32 @@ outcome             what happens to the work item
 =================  ===========================================================
 written, skipped    ack; counts ``processed`` (and ``writes``)
 unchanged           ack; counts ``skipped_unchanged``
+PatientNotFound     ack, recorded in the audit log; counts ``not_found``
 SkippableError      ack, recorded in the audit log
 RetriableError      nack with back-off (``app.resilience.retry.redelivery_delay``);
                     dead-lettered with the reason once the item has used its
-                    delivery attempts
+                    delivery attempts, except a CircuitOpen (the service, not the
+                    item, kept failing): that item waits instead
 FatalError          dead-lettered now with the reason (and its plan, if decided)
-ConfigurationError  nack (kept), and the consumer stops: nothing will work until fixed
+ConfigurationError  waits: staged again in its integration's pending set (the next
+                    flush publishes it), acked, counted ``waiting``, audited; the
+                    consumer goes on with every other integration
 anything else       treated as retriable (a bug must not lose work), logged
 =================  ===========================================================
+
+**Isolation.** One integration's failure (a missing or revoked secret, a bad plan, a broken
+config file, a target whose breaker is open) is its items' outcome, never the consumer's: its
+items *wait* in the state store's pending set, counted in their run and visible there, instead
+of dead-lettering en masse or stopping the worker threads of every clinic. The integrations of
+a pulled batch run in parallel lanes, so one clinic's slow stage (an hours-long Message Batch,
+a Healthie that times out) never holds another's items; the queue's order is the queue's
+(Pub/Sub promises none).
+
+**Long batches.** The ack deadline is minutes and a Message Batch may take hours: a lease
+keeper thread extends the leases (``Queue.extend``) of every message of the batch not yet
+settled, and renews the patient leases, so no other worker is handed the same items and the
+batch is submitted once. A worker that dies stops extending; its items come back after one
+deadline.
 
 A dead letter is published to ``work-dlq`` and then indexed in the state store, stamped with
 the integration's rules version (``workers.deadletters``: how ``dlq list`` reads without
@@ -36,28 +56,37 @@ hook is small and sees ids, kinds and counts, never a patient value.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import ValidationError
 
-from app.core.errors import ConfigurationError, FatalError, HealthieSyncError, SkippableError
+from app.core.errors import (
+    CircuitOpen,
+    ConfigurationError,
+    FatalError,
+    HealthieSyncError,
+    SkippableError,
+)
 from app.core.models import Counts, WorkItem
 from app.queue.base import Message, Queue
 from app.queue.topology import WORK_DLQ_TOPIC, WORK_SUBSCRIPTION
 from app.resilience.retry import redelivery_delay
 from app.service.runtime import IntegrationClients, Runtime
-from app.state.base import StateStore
+from app.state.base import PendingPatient, StateStore
 from workers import deadletters, pipeline
+from workers.metrics_middleware import Metrics
 from workers.middleware import AuditTrail, Middleware, PatientLeases, RunTally, counts_of
 from workers.pipeline import Outcome
 
 log = logging.getLogger(__name__)
 
-Action = Literal["ack", "nack", "dead_letter"]
+Action = Literal["ack", "nack", "dead_letter", "wait"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +109,67 @@ class Settlement:
 
 #: Seconds before an item whose patient another worker holds is offered again.
 BUSY_RETRY_SECONDS = 5.0
+#: At most this many integrations of one pulled batch run at once (one lane each).
+MAX_LANES = 8
+
+
+class LeaseKeeper:
+    """While a batch runs, extends the ack deadline of its unsettled messages and calls each
+    middleware's ``keep_alive`` every ``interval`` seconds (a thread, from ``start`` to
+    ``stop``)."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        ack_ids: Sequence[str],
+        *,
+        seconds: float,
+        interval: float,
+        middleware: Sequence[Middleware] = (),
+    ) -> None:
+        self._queue = queue
+        self._seconds = seconds
+        self._interval = interval
+        self._middleware = list(middleware)
+        self._unsettled = set(ack_ids)
+        # held while extending and while an item leaves the set, so an extension never lands
+        # after the item's own ack or nack (a nack's delay must stand)
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def settled(self, ack_id: str) -> None:
+        """The message is about to be settled: extend it no more. Call with ``lock`` held."""
+        self._unsettled.discard(ack_id)
+
+    def start(self) -> None:
+        """Start extending (nothing to do for an empty batch)."""
+        if self._unsettled and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop extending and wait for an extension in progress (idempotent)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            with self.lock:
+                ack_ids = sorted(self._unsettled)
+                try:
+                    if ack_ids:
+                        self._queue.extend(WORK_SUBSCRIPTION, ack_ids, self._seconds)
+                except Exception as exc:  # noqa: BLE001 - the leases may lapse; work is idempotent
+                    log.warning("could not extend %d leases (%s)", len(ack_ids), type(exc).__name__)
+            for mw in self._middleware:
+                try:
+                    mw.keep_alive()
+                except Exception as exc:  # noqa: BLE001 - as above
+                    log.warning(
+                        "keep-alive of %s failed (%s)", type(mw).__name__, type(exc).__name__
+                    )
 
 
 class Consumer:
@@ -99,11 +189,19 @@ class Consumer:
         self.state = state
         self.clients_for = clients_for
         self.max_attempts = max_attempts
+        #: the work subscription's ack deadline: leases are extended every third of it
+        self.lease_seconds = lease_seconds
         self.middleware: list[Middleware] = (
             list(middleware)
             if middleware is not None
-            else [PatientLeases(state, lease_seconds), AuditTrail(state), RunTally(state)]
+            else [
+                PatientLeases(state, lease_seconds),
+                AuditTrail(state),
+                RunTally(state),
+                Metrics(),
+            ]
         )
+        self._settling = threading.Lock()
 
     @classmethod
     def from_runtime(cls, runtime: Runtime) -> Consumer:
@@ -117,47 +215,116 @@ class Consumer:
         )
 
     def process_batch(self, messages: Sequence[Message]) -> Counts:
-        """Process one pulled batch; every message is acked, nacked or dead-lettered.
-
-        Raises ConfigurationError (after settling the batch) when one item met it."""
+        """Process one pulled batch; every message is acked, nacked, dead-lettered or made to
+        wait. One integration's failure never raises here: it is its items' outcome."""
+        keeper = LeaseKeeper(
+            self.queue,
+            [m.ack_id for m in messages],
+            seconds=self.lease_seconds,
+            interval=max(0.05, self.lease_seconds / 3),
+            middleware=self.middleware,
+        )
         total = Counts()
         deliveries: list[Delivery] = []
-        for message in messages:
-            try:
-                deliveries.append(Delivery(message, WorkItem.model_validate_json(message.data)))
-            except ValidationError:
-                self._dead_letter(message, "invalid_message", "work item does not decode")
-                self.queue.ack(WORK_SUBSCRIPTION, [message.ack_id])
-                total = total.add(Counts(dead_lettered=1))
-        stop: ConfigurationError | None = None
+        keeper.start()
         try:
+            for message in messages:
+                try:
+                    item = WorkItem.model_validate_json(message.data)
+                except ValidationError:
+                    with keeper.lock:
+                        keeper.settled(message.ack_id)
+                    self._dead_letter(message, "invalid_message", "work item does not decode")
+                    self.queue.ack(WORK_SUBSCRIPTION, [message.ack_id])
+                    total = total.add(Counts(dead_lettered=1))
+                    continue
+                deliveries.append(Delivery(message, item))
             for mw in self.middleware:
                 kept = {id(item) for item in mw.before_batch([d.item for d in deliveries])}
                 busy = [d for d in deliveries if id(d.item) not in kept]
                 if busy:
                     deliveries = [d for d in deliveries if id(d.item) in kept]
-                    self.queue.nack(
-                        WORK_SUBSCRIPTION, [d.message.ack_id for d in busy], BUSY_RETRY_SECONDS
-                    )
-            items = [d.item for d in deliveries]
-            for i, outcome in pipeline.run(items, self.clients_for, self.state):
-                total = total.add(self._settle(deliveries[i], outcome))
-                if isinstance(outcome.error, ConfigurationError):
-                    stop = outcome.error
+                    total = total.add(self._defer_busy(busy, keeper))
+            total = total.add(self._run_lanes(deliveries, keeper))
         finally:
+            keeper.stop()  # no extension once the batch's leases are released
             for mw in reversed(self.middleware):
                 mw.after_batch()
-        if stop is not None:
-            raise stop
         return total
 
-    def _settle(self, delivery: Delivery, outcome: Outcome) -> Counts:
+    def _defer_busy(self, busy: Sequence[Delivery], keeper: LeaseKeeper) -> Counts:
+        """Items whose patient another worker holds come back shortly; on their last delivery
+        attempt they wait in the pending set instead (the queue would dead-letter them)."""
+        last = [d for d in busy if d.message.delivery_attempt >= self.max_attempts]
+        again = [d for d in busy if d.message.delivery_attempt < self.max_attempts]
+        with keeper.lock:
+            for d in busy:
+                keeper.settled(d.message.ack_id)
+        if again:
+            self.queue.nack(
+                WORK_SUBSCRIPTION, [d.message.ack_id for d in again], BUSY_RETRY_SECONDS
+            )
+        counts = Counts()
+        for d in last:
+            action: Action = "wait" if self._stage_again(d.item) else "nack"
+            with self._settling:
+                for mw in self.middleware:
+                    mw.after_item(Outcome(d.item, "failed"), action, "patient_busy")
+            if action == "wait":
+                self.queue.ack(WORK_SUBSCRIPTION, [d.message.ack_id])
+            else:
+                self.queue.nack(WORK_SUBSCRIPTION, [d.message.ack_id], BUSY_RETRY_SECONDS)
+            counts = counts.add(Counts(waiting=1) if action == "wait" else Counts(retried=1))
+        return counts
+
+    def _run_lanes(self, deliveries: Sequence[Delivery], keeper: LeaseKeeper) -> Counts:
+        """Each integration's items through the pipeline in a lane of its own, in parallel."""
+        lanes: dict[str, list[Delivery]] = {}
+        for d in deliveries:
+            lanes.setdefault(d.item.integration_id, []).append(d)
+        if len(lanes) <= 1:
+            return _sum(self._lane(ds, keeper) for ds in lanes.values())
+        with ThreadPoolExecutor(
+            max_workers=min(len(lanes), MAX_LANES), thread_name_prefix="lane"
+        ) as pool:
+            futures = [pool.submit(self._lane, ds, keeper) for ds in lanes.values()]
+            results: list[Counts] = []
+            failure: BaseException | None = None
+            for future in futures:
+                try:
+                    results.append(future.result())
+                except Exception as exc:  # noqa: BLE001 - the other lanes still settle
+                    failure = failure or exc
+        if failure is not None:
+            raise failure
+        return _sum(results)
+
+    def _lane(self, deliveries: Sequence[Delivery], keeper: LeaseKeeper) -> Counts:
+        total = Counts()
+        items = [d.item for d in deliveries]
+        for i, outcome in pipeline.run(items, self.clients_for, self.state):
+            with self._settling:
+                total = total.add(self._settle(deliveries[i], outcome, keeper))
+        return total
+
+    def _settle(self, delivery: Delivery, outcome: Outcome, keeper: LeaseKeeper) -> Counts:
         settlement = self._decide(delivery.message, outcome)
+        message, item = delivery.message, delivery.item
+        if settlement.action == "wait" and not self._stage_again(item):
+            settlement = Settlement("nack", settlement.kind, settlement.reason)
         for mw in self.middleware:
             mw.after_item(outcome, settlement.action, settlement.kind)
-        message, item = delivery.message, delivery.item
-        if settlement.action == "ack":
+        with keeper.lock:
+            keeper.settled(message.ack_id)
+        if settlement.action in ("ack", "wait"):
             self.queue.ack(WORK_SUBSCRIPTION, [message.ack_id])
+            if settlement.action == "wait":
+                log.warning(
+                    "work item waits for its integration (integration=%s patient=%s kind=%s)",
+                    item.integration_id,
+                    item.patient_id,
+                    settlement.kind,
+                )
         elif settlement.action == "dead_letter":
             data = None
             if outcome.plan is not None:
@@ -184,6 +351,30 @@ class Consumer:
             self.queue.nack(WORK_SUBSCRIPTION, [message.ack_id], delay)
         return counts_of(outcome, settlement.action)
 
+    def _stage_again(self, item: WorkItem) -> bool:
+        """Put the item's patient back in its integration's pending set (the next flush of the
+        integration publishes it again); False when the state store refused."""
+        try:
+            self.state.add_pending(
+                item.integration_id,
+                [
+                    PendingPatient(
+                        patient_id=item.patient_id,
+                        dirty_since=item.dirty_since,
+                        reasons=sorted({*item.reasons, "waiting"}),
+                    )
+                ],
+            )
+        except Exception as exc:  # noqa: BLE001 - then the queue keeps it (nack)
+            log.warning(
+                "could not stage waiting item again (integration=%s patient=%s: %s)",
+                item.integration_id,
+                item.patient_id,
+                type(exc).__name__,
+            )
+            return False
+        return True
+
     def _decide(self, message: Message, outcome: Outcome) -> Settlement:
         exc = outcome.error
         if outcome.status != "failed" or exc is None:
@@ -193,10 +384,14 @@ class Consumer:
         reason = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, SkippableError):
             return Settlement("ack", kind, reason)
-        if isinstance(exc, FatalError) or (
-            not isinstance(exc, ConfigurationError)
-            and message.delivery_attempt >= self.max_attempts
-        ):
+        if isinstance(exc, ConfigurationError):
+            # The integration cannot work (a secret, its plan, its file): nothing to retry
+            # until a person fixes it, and nothing wrong with the item.
+            return Settlement("wait", kind, reason)
+        last = message.delivery_attempt >= self.max_attempts
+        if isinstance(exc, CircuitOpen) and last:
+            return Settlement("wait", kind, reason)  # the service kept failing, not the item
+        if isinstance(exc, FatalError) or last:
             return Settlement("dead_letter", kind, reason)
         if not isinstance(exc, HealthieSyncError):
             log.error(
@@ -236,6 +431,13 @@ class Consumer:
         deadletters.record(self.state, message_id, body, attributes, at)
 
 
+def _sum(counts: Iterable[Counts]) -> Counts:
+    total = Counts()
+    for c in counts:
+        total = total.add(c)
+    return total
+
+
 def process_batch(runtime: Runtime, messages: list[Message]) -> Counts:
     """Process one pulled batch with the runtime's consumer (see :class:`Consumer`)."""
     return Consumer.from_runtime(runtime).process_batch(messages)
@@ -249,7 +451,8 @@ def drain(
     idle_timeout: float = 0.0,
 ) -> Counts:
     """Process work until the subscription has nothing visible for ``idle_timeout`` seconds.
-    Raises ConfigurationError when an item met one (its message stays queued)."""
+    An integration's configuration error is its items' outcome (they wait); only one of the
+    queue itself (no work subscription, no credentials) raises."""
     consumer = Consumer.from_runtime(runtime)
     total = Counts()
     idle_since = time.monotonic()

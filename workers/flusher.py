@@ -37,15 +37,21 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
 
+from app.agent.freshness import parse_duration
+from app.agent.plan import held_until
 from app.core.config import Integration
 from app.core.errors import FlushInProgress, HealthieSyncError, InvalidResponse, RetriableError
 from app.core.models import Cadence, DirtyMark, RunRecord, SubjectKind, WorkItem
 from app.healthie.client import HealthieClient
 from app.healthie.sweep import resolve_applied_tags, sweep_changes
+from app.observability import metrics
 from app.queue.base import Queue
 from app.queue.topology import WORK_TOPIC, dirty_subscription
 from app.service.runtime import Runtime
 from app.state.base import PendingPatient, StateStore
+from workers.backfill import backfill, rules_marker, was_backfilled
+from workers.pipeline import MERGED_REASON
+from workers.rules import decision_rules
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +74,10 @@ class FlushResult:
     runs: list[RunRecord] = field(default_factory=list)
     #: integrations whose part of the flush failed, with the error (their runs say "failed")
     failed: dict[str, HealthieSyncError] = field(default_factory=dict)
+    #: what an operator should know (an integration never backfilled), one line each
+    notices: list[str] = field(default_factory=list)
+    #: patients marked because an integration's rules changed
+    rules_backfilled: int = 0
 
 
 @dataclass(frozen=True)
@@ -94,8 +104,22 @@ def flush(
     stage_only: bool = False,
 ) -> FlushResult:
     """Stage ``cadence``'s dirty marks, then (unless ``stage_only``) publish work for every
-    integration on ``cadence``. Raises FlushInProgress when one is already running."""
-    return flush_parts(Parts.of(runtime), cadence, chunk_size=chunk_size, stage_only=stage_only)
+    integration on ``cadence``. Raises FlushInProgress when one is already running. Every
+    hourly flush also runs the HubSpot -> Healthie direction of two-way integrations
+    (``workers.reverse``): their changes never wait longer than an hour."""
+    result = flush_parts(Parts.of(runtime), cadence, chunk_size=chunk_size, stage_only=stage_only)
+    if (
+        cadence is Cadence.HOURLY
+        and not stage_only
+        and any(i.reverse is not None for i in runtime.integrations.values())
+    ):
+        from workers.reverse import flush_reverse_runtime
+
+        try:
+            flush_reverse_runtime(runtime)
+        except HealthieSyncError as exc:  # the forward flush is done; say why reverse is not
+            result.notices.append(f"HubSpot -> Healthie not flushed: {exc.kind}: {exc}")
+    return result
 
 
 def flush_parts(
@@ -123,27 +147,59 @@ def flush_parts(
                 marks_drained=marks_by_integration.get(integration_id, 0),
             )
             try:
+                result.rules_backfilled += _rules_backfill(parts, integration, result)
+                result.rules_backfilled += _refresh_backfill(parts, integration)
                 result.swept += _sweep(parts, integration, result.failed)
                 if integration_id in result.failed:
                     failure = result.failed[integration_id]
                     run.error = f"sweep {failure.kind}: {failure}"
+                until = held_until(integration, started)
+                if until is not None:
+                    # the plan's run_when is closed now (e.g. only the last week of a month):
+                    # its patients stay pending until a flush inside the window
+                    result.notices.append(
+                        f"{integration_id} is held by its plan's run_when until "
+                        f"{until.isoformat(timespec='minutes')}; its patients stay pending"
+                    )
+                    continue
+                if (
+                    run.marks_drained
+                    or run.error
+                    or parts.state.list_pending(integration_id, limit=1)
+                ):
+                    # Stored before its first work item is published: workers add their counts
+                    # to this record from the first item on.
+                    parts.state.save_run(run)
                 run.patients = _publish_pending(parts, integration_id, flush_id, chunk_size)
             except FlushInProgress:
                 raise
-            except HealthieSyncError as exc:
-                # One integration's failure (Healthie unreachable, a revoked key) is its run's
-                # status; the others still flush. Its staged patients wait for the next flush.
-                run.status, run.error = "failed", f"{exc.kind}: {exc}"
+            except Exception as exc:  # noqa: BLE001 - one integration's failure is its run's
+                # One integration's failure (Healthie unreachable, a revoked key, a bug) is its
+                # run's status, with the reason; the others still flush. Its staged patients
+                # wait for the next flush. A bug's text may hold anything: only its type.
+                reason = (
+                    f"{exc.kind}: {exc}"
+                    if isinstance(exc, HealthieSyncError)
+                    else f"unexpected: {type(exc).__name__}"
+                )
+                if not isinstance(exc, HealthieSyncError):
+                    log.exception("flush %s: %s failed unexpectedly", flush_id, integration_id)
+                run.status, run.error = "failed", reason
                 run.finished_at = datetime.now(UTC)
                 parts.state.save_run(run)
+                metrics.record_run(integration_id, cadence.value, "failed")
                 result.runs.append(run)
-                result.failed[integration_id] = exc
-                log.warning("flush %s: %s failed (%s)", flush_id, integration_id, exc.kind)
+                result.failed[integration_id] = (
+                    exc if isinstance(exc, HealthieSyncError) else HealthieSyncError(reason)
+                )
+                log.warning("flush %s: %s failed (%s)", flush_id, integration_id, reason[:80])
                 continue
             _renew(parts.state, lease, flush_id)
             run.counts.dirty_patients = run.patients
-            run.status = "finished"  # the flush's part; workers add their counts as they go
-            run.finished_at = datetime.now(UTC)
+            # The flush's part is done; the run is finished when every patient has its outcome
+            # (the state store settles it as the workers' counts arrive).
+            run.status = "published"
+            metrics.record_run(integration_id, cadence.value, "published")
             result.work_items += run.patients
             if run.patients or run.marks_drained or run.error:
                 parts.state.save_run(run)
@@ -158,7 +214,11 @@ def flush_parts(
             result.work_items,
             len(result.runs),
         )
-        return result
+        metrics.record_flush(cadence.value, "finished")
+        return result  # noqa: TRY300 - the finally releases the lease on every path
+    except HealthieSyncError:
+        metrics.record_flush(cadence.value, "failed")
+        raise
     finally:
         parts.state.release_lease(lease, flush_id)
 
@@ -199,7 +259,8 @@ def _stage(
 def _resolve(
     parts: Parts, marks: list[DirtyMark], result: FlushResult
 ) -> dict[str, list[PendingPatient]]:
-    """Marks -> staged patients per integration (appointments resolved through Healthie)."""
+    """Marks -> staged patients per integration (appointments resolved through Healthie and
+    the appointment index; a merge's source carries its destination as a reason)."""
     by_integration: dict[str, list[DirtyMark]] = defaultdict(list)
     for mark in marks:
         if mark.integration_id not in parts.integrations:
@@ -216,17 +277,18 @@ def _resolve(
         ) -> None:
             known = patients.get(patient_id)
             since = mark.received_at if known is None else min(known.dirty_since, mark.received_at)
-            reasons = sorted({mark.reason, *(known.reasons if known else [])})
+            why = {mark.reason, *(known.reasons if known else [])}
+            if mark.merged_into and mark.subject_id == patient_id:
+                # the merge's destination travels with the source to the worker (a reason)
+                why.add(f"{MERGED_REASON}{mark.merged_into}")
+            reasons = sorted(why)
             patients[patient_id] = PendingPatient(
                 patient_id=patient_id, dirty_since=since, reasons=reasons
             )
 
         appointment_marks = [m for m in group if m.subject_kind is SubjectKind.APPOINTMENT]
         if appointment_marks:
-            client = parts.healthie(integration_id)
-            resolved = client.resolve_appointments([m.subject_id for m in appointment_marks])
-            for mark in appointment_marks:
-                people = resolved.get(mark.subject_id, [])
+            for mark, people in _appointment_patients(parts, integration_id, appointment_marks):
                 if not people:
                     result.unresolved_marks += 1
                 for patient_id in people:
@@ -255,8 +317,67 @@ def _resolve(
     return staged
 
 
+def _appointment_patients(
+    parts: Parts, integration_id: str, marks: list[DirtyMark]
+) -> list[tuple[DirtyMark, list[str]]]:
+    """Each appointment mark's patients: those Healthie lists on the appointment now (owner
+    and attendees) and those whose recorded entries contained it (the state's appointment
+    index), so a patient removed from it, or holding a deleted one, is re-synced too."""
+    ids = [m.subject_id for m in marks]
+    listed = parts.healthie(integration_id).resolve_appointments(ids)
+    held = parts.state.patients_for_appointments(integration_id, ids)
+    return [
+        (m, list(dict.fromkeys([*listed.get(m.subject_id, []), *held.get(m.subject_id, [])])))
+        for m in marks
+    ]
+
+
 SWEEP_WATERMARK = "sweep"
+REFRESH_WATERMARK = "refresh_after"
 SWEEP_OVERLAP = timedelta(minutes=5)
+
+
+def _rules_backfill(parts: Parts, integration: Integration, result: FlushResult) -> int:
+    """When the integration's rules (or mode) changed since the last flush, mark every patient
+    (the skip decision includes the rules, so each entry is decided again). An integration
+    never backfilled is told so instead: its existing patients arrive only when they change."""
+    marker = rules_marker(decision_rules(integration))
+    if parts.state.get_watermark(integration.id, marker) is not None:
+        return 0
+    now = datetime.now(UTC)
+    if not was_backfilled(parts.state, integration.id):
+        notice = (
+            f"{integration.id} was never backfilled: its existing patients arrive only when "
+            f"they change (run: healthie-sync backfill {integration.id})"
+        )
+        result.notices.append(notice)
+        log.warning("%s", notice)
+        parts.state.set_watermark(integration.id, marker, now)
+        return 0
+    log.warning("rules of %s changed: marking every patient to decide again", integration.id)
+    progress = backfill(
+        parts.state, parts.healthie(integration.id), integration.id, reason="rules_changed"
+    )
+    parts.state.set_watermark(integration.id, marker, now)
+    return progress.marked
+
+
+def _refresh_backfill(parts: Parts, integration: Integration) -> int:
+    """With ``agent.refresh_after``, mark every patient once per that period, so decisions that
+    depend on the date are made again for patients whose entries never change (the skip
+    decision treats an older decision as stale: ``app.agent.freshness``)."""
+    refresh = integration.agent.refresh_after
+    if not refresh or not was_backfilled(parts.state, integration.id):
+        return 0
+    now = datetime.now(UTC)
+    last = parts.state.get_watermark(integration.id, REFRESH_WATERMARK)
+    if last is not None and now - last < parse_duration(refresh):
+        return 0
+    progress = backfill(
+        parts.state, parts.healthie(integration.id), integration.id, reason="refresh_after"
+    )
+    parts.state.set_watermark(integration.id, REFRESH_WATERMARK, now)
+    return progress.marked
 
 
 def _sweep(

@@ -7,33 +7,49 @@ work item goes through that are not the pipeline's data work.
 * :class:`AuditTrail` — after each item is settled (and before the queue hears of it), append
   the audit record: what was written or why it was skipped (ids, operation names, kinds).
 * :class:`RunTally` — count outcomes per run; after the batch add them to each run's record
-  (workers in many processes report into one run).
+  (workers in many processes report into one run; the update that accounts for the run's
+  last patient marks it finished, in the state store).
+
+While a batch runs longer than its leases (a Message Batch may take hours), the consumer's
+lease keeper calls ``keep_alive`` every third of the lease: :class:`PatientLeases` renews the
+patient leases it holds.
 
 A hook sees work items, outcomes and settlement kinds, never an entry's values.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from app.core.errors import PatientNotFound, SkippableError
 from app.core.models import Counts, WorkItem
 from app.state.base import AuditRecord, StateStore
 from workers.pipeline import Outcome
 
+log = logging.getLogger(__name__)
+
 
 def counts_of(outcome: Outcome, action: str) -> Counts:
-    """What one settled item adds to the counts (a skippable item adds nothing; a nacked one
-    counts as a retry)."""
+    """What one settled item adds to the counts: its one outcome (processed, skipped
+    unchanged, not found, dead-lettered, waiting), or a retry for a nacked delivery (not an
+    outcome: the item comes back)."""
     if action == "dead_letter":
         return Counts(dead_lettered=1)
     if action == "nack":
         return Counts(retried=1)
+    if action == "wait":
+        return Counts(waiting=1)
     if outcome.status == "unchanged":
         return Counts(skipped_unchanged=1)
     if outcome.status in ("written", "plan_skipped"):
         return Counts(processed=1, writes=outcome.writes)
+    if isinstance(outcome.error, PatientNotFound):
+        return Counts(not_found=1)
+    if isinstance(outcome.error, SkippableError):
+        return Counts(processed=1)  # nothing to do for it: done, with the reason audited
     return Counts()
 
 
@@ -46,7 +62,12 @@ class Middleware:
 
     def after_item(self, outcome: Outcome, action: str, kind: str | None) -> None:
         """Called once per processed item, after it is settled and before the queue action
-        (``action``: ack, nack or dead_letter; ``kind``: the error kind, if it failed)."""
+        (``action``: ack, nack, dead_letter or wait; ``kind``: the error kind, if it failed).
+        Calls are serialized (the consumer's lanes settle one item at a time)."""
+
+    def keep_alive(self) -> None:
+        """Called every third of the lease while a batch is still running (from the lease
+        keeper's thread): renew what would expire."""
 
     def after_batch(self) -> None:
         """Called once per batch, whatever happened (also when a process is dying)."""
@@ -73,6 +94,12 @@ class PatientLeases(Middleware):
             self._held.append((name, owner))
             kept.append(item)
         return kept
+
+    def keep_alive(self) -> None:
+        """Renew the patient leases held (a long batch must not let another worker in)."""
+        for name, owner in list(self._held):
+            if not self._state.try_lease(name, owner, self._ttl):
+                log.warning("patient lease %s was taken over while its batch ran", name)
 
     def after_batch(self) -> None:
         """Release every lease this batch took."""
@@ -103,6 +130,10 @@ class AuditTrail(Middleware):
             self._append(
                 item, f"skipped:{kind}", [], f"{type(outcome.error).__name__}: {outcome.error}"
             )
+        elif action == "wait" and outcome.error is not None:
+            self._append(
+                item, f"waiting:{kind}", [], f"{type(outcome.error).__name__}: {outcome.error}"
+            )
 
     def _append(self, item: WorkItem, outcome: str, operations: list[str], detail: str) -> None:
         self._state.append_audit(
@@ -113,7 +144,7 @@ class AuditTrail(Middleware):
                 at=datetime.now(UTC),
                 outcome=outcome,
                 operations=operations,
-                detail=detail[:300] if outcome.startswith("skipped") else detail,
+                detail=detail[:300] if outcome.startswith(("skipped", "waiting")) else detail,
             )
         )
 

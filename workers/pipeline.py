@@ -21,17 +21,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from app.agent.base import Agent, decide_many, validate_plan
+from app.agent.freshness import is_stale
 from app.core.config import Integration
 from app.core.errors import HealthieSyncError, PatientNotFound
 from app.core.models import Entry, WorkItem, WritePlan
 from app.healthie.client import HealthieClient
 from app.healthie.entry import canonicalize, content_hash
+from app.observability import metrics
 from app.service.runtime import IntegrationClients
 from app.state.base import PatientState, StateStore
 from connectors.base import Connector, Declared, Scope, Write
+from workers.backfill import RESYNC as RESYNC_WATERMARK
 
 Status = Literal["written", "plan_skipped", "unchanged", "failed"]
 Raw = dict[str, object] | None
@@ -91,12 +94,26 @@ def _run_integration(
     state: StateStore,
 ) -> Iterator[tuple[int, Outcome]]:
     waiting: list[tuple[int, Prepared]] = []
+    try:
+        rules = clients.rules
+        resync_since = state.get_watermark(clients.integration.id, RESYNC_WATERMARK)
+    except Exception as exc:  # noqa: BLE001 - unreadable rules or state: every item shares it
+        for i, item in enumerate(items):
+            yield i, Outcome(item, "failed", error=exc)
+        return
     for i, item in enumerate(items):
         try:
-            prepared = prepare(state, item, raw.get(item.patient_id))
-        except PatientNotFound as exc:
-            # Deleted, or merged into another patient: mirror targets drop the patient's rows.
-            yield i, Outcome(item, "failed", error=purge(clients, item) or exc)
+            prepared = prepare(
+                state,
+                item,
+                raw.get(item.patient_id),
+                rules=rules,
+                resync_since=resync_since,
+                refresh_after=clients.integration.agent.refresh_after,
+            )
+        except PatientNotFound:
+            # Deleted, or merged into another patient: a defined outcome, never a dead letter.
+            yield i, gone(clients, state, item)
             continue
         except Exception as exc:  # noqa: BLE001 - classified by the consumer
             yield i, Outcome(item, "failed", error=exc)
@@ -108,7 +125,8 @@ def _run_integration(
     if not waiting:
         return
     try:
-        plans = decide(lambda: clients.agent, clients.integration, [p for _, p in waiting])
+        with metrics.stage_timer(clients.integration.id, "decide"):
+            plans = decide(lambda: clients.agent, clients.integration, [p for _, p in waiting])
     except Exception as exc:  # noqa: BLE001 - the agent failed as a whole: all share it
         plans = [exc] * len(waiting)
     decided: list[tuple[int, Prepared, WritePlan]] = []
@@ -137,7 +155,8 @@ def _write_and_record(
     if not planned:
         return
     try:
-        results = write(lambda: clients.connectors, [w for *_, w in planned])
+        with metrics.stage_timer(clients.integration.id, "write"):
+            results = write(lambda: clients.connectors, [w for *_, w in planned])
     except Exception as exc:  # noqa: BLE001 - no connector at all: every item shares it
         for i, prepared, plan, _ in planned:
             yield i, _failed(prepared, plan, exc)
@@ -147,7 +166,7 @@ def _write_and_record(
             yield i, _failed(prepared, plan, errors[0])
             continue
         try:
-            status = record(state, prepared, plan)
+            status = record(state, prepared, plan, rules=clients.rules)
         except Exception as exc:  # noqa: BLE001 - classified by the consumer, plan kept
             yield i, _failed(prepared, plan, exc)
             continue
@@ -179,9 +198,19 @@ def fetch(healthie: HealthieClient, items: Sequence[WorkItem]) -> dict[str, Raw]
     return fetched
 
 
-def prepare(state: StateStore, item: WorkItem, raw: Raw) -> Prepared | None:
+def prepare(
+    state: StateStore,
+    item: WorkItem,
+    raw: Raw,
+    *,
+    rules: str = "",
+    resync_since: datetime | None = None,
+    refresh_after: str | None = None,
+) -> Prepared | None:
     """Stage 2: the canonical entry and its hash; ``None`` when it is unchanged since the last
-    success. Raises PatientNotFound when Healthie has no such patient (``raw`` is None)."""
+    success under the same ``rules``, decided after ``resync_since`` (the integration's forced
+    re-sync) and not older than ``refresh_after`` (time-dependent rules). Raises
+    PatientNotFound when Healthie has no such patient (``raw`` is None)."""
     if raw is None:
         raise PatientNotFound(f"patient {item.patient_id} not found in Healthie")
     data = canonicalize(raw)
@@ -197,6 +226,9 @@ def prepare(state: StateStore, item: WorkItem, raw: Raw) -> Prepared | None:
         previous is not None
         and previous.content_hash == entry.content_hash
         and previous.outcome in ("written", "plan_skipped")
+        and previous.rules == rules
+        and (resync_since is None or previous.updated_at > resync_since)
+        and not is_stale(previous.updated_at, entry.fetched_at, refresh_after)
     ):
         return None
     return Prepared(item, entry, previous)
@@ -305,10 +337,13 @@ def kept_keys(writes: Sequence[Write], target: str) -> dict[str, set[str]]:
     return keep
 
 
-def record(state: StateStore, prepared: Prepared, plan: WritePlan) -> Status:
-    """Stage 5: remember the entry, its hash and plan, so the next run can skip it."""
+def record(state: StateStore, prepared: Prepared, plan: WritePlan, *, rules: str = "") -> Status:
+    """Stage 5: remember the entry, its hash, plan and rules, so the next run can skip it, and
+    index the appointments it contains (first: a failed index write leaves the item to retry,
+    not skipped as unchanged)."""
     status: Status = "written" if plan.action == "write" else "plan_skipped"
     item, entry = prepared.item, prepared.entry
+    state.index_appointments(item.integration_id, item.patient_id, appointment_ids(entry.data))
     state.put_patient(
         PatientState(
             integration_id=item.integration_id,
@@ -318,6 +353,121 @@ def record(state: StateStore, prepared: Prepared, plan: WritePlan) -> Status:
             plan=plan,
             outcome=status,
             updated_at=datetime.now(UTC),
+            rules=rules,
         )
     )
     return status
+
+
+def appointment_ids(data: Mapping[str, Any]) -> list[str]:
+    """The ids of the appointments an entry lists (``appointments``, ``upcoming_appointments``,
+    any top-level ``*appointments`` list of a custom selection)."""
+    found: dict[str, None] = {}
+    for name in _appointment_lists(data):
+        found.update(
+            (str(a["id"]), None) for a in data[name] if isinstance(a, dict) and a.get("id")
+        )
+    return list(found)
+
+
+def _appointment_lists(data: Mapping[str, Any]) -> list[str]:
+    return [n for n, v in data.items() if n.endswith("appointments") and isinstance(v, list)]
+
+
+# -- patients Healthie no longer has --------------------------------------------------------
+
+#: ``PatientState.outcome`` of a patient Healthie no longer has
+GONE = ("merged", "deleted")
+#: how a ``patient.merged`` source carries its destination through staging (a reason)
+MERGED_REASON = "merged_into:"
+
+
+def merged_into(item: WorkItem) -> str | None:
+    """The destination of the ``patient.merged`` that named this patient as its source."""
+    for reason in item.reasons:
+        if reason.startswith(MERGED_REASON) and len(reason) > len(MERGED_REASON):
+            return reason[len(MERGED_REASON) :]
+    return None
+
+
+def gone_entry(last: Mapping[str, Any], patient_id: str, into: str | None) -> dict[str, Any]:
+    """The entry of a patient Healthie no longer has: its last recorded entry, inactive, with
+    no appointments (a merge moved them to ``into``; a deletion took them) and the reason
+    (``merged_into``, or ``deleted``)."""
+    data: dict[str, Any] = {**last, "id": last.get("id", patient_id), "active": False}
+    for name in _appointment_lists(data):
+        data[name] = []
+    data["merged_into" if into else "deleted"] = into or True
+    gone: dict[str, Any] = canonicalize(data)
+    return gone
+
+
+def gone(clients: IntegrationClients, state: StateStore, item: WorkItem) -> Outcome:
+    """A patient Healthie no longer has, merged away (the item names the destination) or
+    deleted. Mirror-mode targets delete every row of it (:func:`purge`); if its last recorded
+    entry was written, the rules decide once more on its :func:`gone_entry`, for the other
+    targets only: with the demo plan its patient row turns inactive and its appointment rows
+    go (the plan's removal step), so a merged appointment is left only under the destination,
+    which its own ``patient.merged`` mark re-syncs. The state records ``merged`` or
+    ``deleted`` (its appointments unindexed), so a repeat does nothing. The outcome is
+    PatientNotFound (acknowledged and audited); a failed write or purge is retried instead."""
+    into = merged_into(item)
+    what = f"merged into {into}" if into else "deleted"
+    not_found = PatientNotFound(f"patient {item.patient_id} not found in Healthie ({what})")
+    previous = state.get_patient(item.integration_id, item.patient_id)
+    if previous is not None and previous.outcome in GONE:
+        return Outcome(item, "failed", error=not_found)  # handled when it went
+    error = purge(clients, item)
+    if error is not None:
+        return Outcome(item, "failed", error=error)
+    data = gone_entry(previous.entry if previous else {}, item.patient_id, into)
+    entry = Entry(
+        integration_id=item.integration_id,
+        patient_id=item.patient_id,
+        data=data,
+        content_hash=content_hash(data),
+        fetched_at=datetime.now(UTC),
+    )
+    mirrored = {n for n, s in clients.targets.items() if getattr(s.options, "mode", "") == "mirror"}
+    plan: WritePlan | None = None
+    writes: list[Write] = []
+    if previous is not None and previous.outcome == "written" and set(clients.targets) - mirrored:
+        prepared = Prepared(item, entry, previous)
+        try:
+            (decided,) = decide(lambda: clients.agent, clients.integration, [prepared])
+            if isinstance(decided, Exception):
+                return Outcome(item, "failed", error=decided)
+            # mirror targets were purged: nothing of the patient may be written there again
+            kept = tuple(op for op in decided.operations if op.target not in mirrored)
+            plan = decided.model_copy(update={"operations": kept})
+            if plan.action == "write" and kept:
+                writes = validate(clients.targets, prepared, plan)
+                errors = write(lambda: clients.connectors, [writes])[0]
+                if errors:
+                    return _failed(prepared, plan, errors[0])
+        except Exception as exc:  # noqa: BLE001 - classified by the consumer
+            return Outcome(item, "failed", plan=plan, error=exc)
+    try:
+        state.index_appointments(item.integration_id, item.patient_id, [])
+        state.put_patient(
+            PatientState(
+                integration_id=item.integration_id,
+                patient_id=item.patient_id,
+                content_hash=entry.content_hash,
+                entry=data,
+                plan=plan,
+                outcome="merged" if into else "deleted",
+                updated_at=datetime.now(UTC),
+                rules=clients.rules,
+            )
+        )
+    except Exception as exc:  # noqa: BLE001 - retried: the writes are idempotent
+        return Outcome(item, "failed", plan=plan, error=exc)
+    return Outcome(
+        item,
+        "failed",
+        writes=len(writes),
+        plan=plan,
+        entry_hash=entry.content_hash,
+        error=not_found,
+    )

@@ -48,3 +48,9 @@ def rules_version(integration: Integration) -> str:
     ]
     digest = hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()
     return f"rules:{digest[:16]}"
+
+
+def decision_rules(integration: Integration) -> str:
+    """What a skip decision must match besides the entry: the rules version and the mode, so
+    changing the rules reprocesses every entry and a staging run never makes a live run skip."""
+    return f"{rules_version(integration)}:{integration.mode}"

@@ -134,6 +134,7 @@ class ClaudeAgent:
             entry.data,
             previous.entry if previous is not None else None,
             self.visible_fields,
+            run_at=entry.fetched_at,  # the stated run date is the entry's, not the clock's
         )
         return {
             "model": self.model,

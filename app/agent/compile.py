@@ -191,8 +191,9 @@ def compile_system_prompt(connectors: Mapping[str, Declared]) -> str:
             "## Plan format\n" + (plan_module.__doc__ or ""),
             "## " + _transforms_doc(),
             "## JMESPath\nExpressions are JMESPath (jmespath.org) evaluated over "
-            '{"entry": ..., "previous": ..., "item": ...}. Use `|| `[]`` to default a missing '
-            "list, filters like `entry.appointments[?deleted_at == null]`, `contains()`, "
+            '{"entry": ..., "previous": ..., "item": ..., "run": ...}. '
+            "Use `|| `[]`` to default a missing list, filters like "
+            "`entry.appointments[?deleted_at == null]`, `contains()`, "
             "`sort()`, `length()`. Literals are written in backticks.",
             "## Targets and their operations (JSON Schema of one operation)\n"
             + json.dumps(operations["properties"]["operations"]["items"], sort_keys=True),
@@ -242,8 +243,11 @@ def check_answer(
             outcome="written",
             updated_at=entry.fetched_at,
         )
+        # a time inside the plan's run_when window: outside it, decide() defers (retriable)
+        now = datetime.now(UTC)
+        as_of = now if agent.runs_at(now) else (agent.opens_at(now) or now)
         for prev in (None, previous):
-            validate_plan(agent.decide(integration, entry, prev), entry, connectors)
+            validate_plan(agent.decide(integration, entry, prev, as_of=as_of), entry, connectors)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()

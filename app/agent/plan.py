@@ -15,6 +15,20 @@ iterates the objects whose ``id`` was in the previous list and is gone now: how 
 rows for things Healthie no longer lists (deleted appointments, removed policies).
 
 ``skip_when`` (JMESPath) makes the whole plan a skip with ``skip_reason``.
+
+**Time.** Every expression can also read ``run``, the run's time (``run.now``, ``run.date``,
+``run.weekday``, ``run.day_of_month``, ``run.days_in_month``, ``run.days_left_in_month``...),
+and call the date functions ``days_since(ts)``, ``days_until(ts)``, ``within_days(ts, n)``,
+``within_next_days(ts, n)`` and ``local_date(ts)`` (``app.agent.plan_time``). Calendar dates
+are those of the plan's ``timezone`` (an IANA name, default ``"UTC"``). Example, "customer if
+an appointment occurred in the last 90 days"::
+
+    length(entry.appointments[?pm_status == 'Occurred' && within_days(date, `90`)] || `[]`) > `0`
+
+``run_when`` (JMESPath over ``run`` only) says on which runs the plan produces anything at all,
+e.g. ``run.days_left_in_month < `7``` (a weekly run that writes only in a month's last week:
+a monthly schedule). On other runs the integration's patients wait, unprocessed, for the next
+run where it holds. The same entry at the same run time always gives the same plan.
 """
 
 from __future__ import annotations
@@ -23,6 +37,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +45,12 @@ import jmespath
 from jmespath.exceptions import JMESPathError
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.agent.base import DecideItem, decide_each
+from app.agent.base import DecideItem
+from app.agent.plan_paths import check_expression, run_shape
+from app.agent.plan_time import RunClock, zone
 from app.agent.transforms import apply_transform
 from app.core.config import Integration
-from app.core.errors import ConfigurationError, FatalError
+from app.core.errors import ConfigurationError, FatalError, HealthieSyncError, RetriableError
 from app.core.models import Entry, WriteOperation, WritePlan
 from app.state.base import PatientState
 
@@ -62,6 +79,10 @@ class CompiledPlan(BaseModel):
     version: int = 1
     integration: str
     instructions_sha256: str
+    #: the IANA zone of the plan's calendar (``run.date``, ``days_since``...)
+    timezone: str = "UTC"
+    #: on which runs the plan writes at all (JMESPath over ``run``); None: every run
+    run_when: str | None = None
     skip_when: str | None = None
     skip_reason: str = "excluded by the instructions"
     tables: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -105,6 +126,13 @@ class PlanAgent:
             self._collect(step.args)
         if plan.skip_when:
             self._exprs[plan.skip_when] = _compile_expr(plan.skip_when)
+        zone(plan.timezone)  # an unknown zone fails at load, not at the first entry
+        if plan.run_when:
+            self._exprs[plan.run_when] = _compile_expr(plan.run_when)
+            _, issues = check_expression(plan.run_when, run_shape())
+            errors = [f"{i.path}: {i.problem}" for i in issues if i.severity == "error"]
+            if errors:
+                raise ConfigurationError(f"plan run_when {plan.run_when!r}: {'; '.join(errors)}")
 
     @classmethod
     def from_file(cls, path: Path, instructions: Path | None = None) -> PlanAgent:
@@ -144,58 +172,103 @@ class PlanAgent:
             for value in spec:
                 self._collect(value)
 
-    def _search(self, expr: str, context: dict[str, Any]) -> Any:
+    def clock(self, as_of: datetime | None = None) -> RunClock:
+        """The plan's clock at ``as_of`` (now when None), in the plan's time zone."""
+        return RunClock.at(as_of, self.plan.timezone)
+
+    def runs_at(self, as_of: datetime | None = None) -> bool:
+        """Whether ``run_when`` holds at ``as_of``: whether a run then may write anything. A
+        flush asks before publishing an integration's patients, so on other runs they wait."""
+        if not self.plan.run_when:
+            return True
+        clock = self.clock(as_of)
+        return bool(self._search(self.plan.run_when, {"run": clock.context()}, clock))
+
+    def opens_at(self, as_of: datetime) -> datetime | None:
+        """The first local midnight after ``as_of`` (within 62 days) when ``run_when`` holds;
+        None when there is none (a run-time condition that no day start satisfies)."""
+        start = self.clock(as_of).local.replace(hour=0, minute=0, second=0, microsecond=0)
+        for days in range(1, 63):
+            # wall-clock midnight of each following date (astimezone settles DST gaps)
+            moment = (start + timedelta(days=days)).astimezone(start.tzinfo)
+            if self.runs_at(moment):
+                return moment
+        return None
+
+    def _search(self, expr: str, context: dict[str, Any], clock: RunClock | None = None) -> Any:
+        options = (clock or self.clock()).options()
         try:
-            return self._exprs[expr].search(context)
+            return self._exprs[expr].search(context, options=options)
         except JMESPathError as exc:
             raise FatalError(f"plan expression {expr!r} failed: {exc}") from exc
 
-    def _value(self, spec: Any, context: dict[str, Any]) -> Any:
+    def _value(self, spec: Any, context: dict[str, Any], clock: RunClock) -> Any:
         if not isinstance(spec, dict):
             return spec
         if "const" in spec:
             return spec["const"]
         if "expr" in spec:
-            value = self._search(spec["expr"], context)
+            value = self._search(spec["expr"], context, clock)
             for transform in spec.get("transforms", []):
                 value = apply_transform(transform, value, self.plan.tables)
             return value
         if "concat" in spec:
-            parts = [self._value(p, context) for p in spec["concat"]]
+            parts = [self._value(p, context, clock) for p in spec["concat"]]
             text = str(spec.get("sep", "")).join(str(p) for p in parts if p not in (None, ""))
             return text or None
         if "fields" in spec:
-            return {k: self._value(v, context) for k, v in spec["fields"].items()}
+            return {k: self._value(v, context, clock) for k, v in spec["fields"].items()}
         raise ConfigurationError(f"plan value spec {json.dumps(spec)[:80]} has no known kind")
 
-    def _removed(self, expr: str, base: dict[str, Any]) -> list[Any]:
+    def _removed(self, expr: str, base: dict[str, Any], clock: RunClock) -> list[Any]:
         if base["previous"] is None:
             return []
-        before = self._exprs[expr].search(base["previous"]) or []
-        now = self._exprs[expr].search(base["entry"]) or []
+        before = self._search(expr, base["previous"], clock) or []
+        now = self._search(expr, base["entry"], clock) or []
         current = {str(i.get("id")) for i in now if isinstance(i, dict)}
         return [i for i in before if isinstance(i, dict) and str(i.get("id")) not in current]
 
     def decide(
-        self, integration: Integration, entry: Entry, previous: PatientState | None
+        self,
+        integration: Integration,
+        entry: Entry,
+        previous: PatientState | None,
+        *,
+        as_of: datetime | None = None,
     ) -> WritePlan:
-        """Evaluate the plan against the entry (and the previous entry, for change rules)."""
-        base = {"entry": entry.data, "previous": previous.entry if previous else None}
-        if self.plan.skip_when and self._search(self.plan.skip_when, base):
+        """Evaluate the plan against the entry (and the previous entry, for change rules) as
+        of ``as_of``, the run's time (default: when the entry was fetched). Raises
+        RetriableError, with the wait until the next run window, when ``run_when`` does not
+        hold: the patient is not recorded as processed, so nothing is lost."""
+        clock = self.clock(as_of or entry.fetched_at)
+        if not self.runs_at(clock.as_of):
+            opens = self.opens_at(clock.as_of)
+            wait = (opens - clock.as_of).total_seconds() if opens else None
+            raise RetriableError(
+                f"plan run_when does not hold on {clock.today.isoformat()}: "
+                f"the patient waits for a run where it does",
+                retry_after=wait,
+            )
+        base = {
+            "entry": entry.data,
+            "previous": previous.entry if previous else None,
+            "run": clock.context(),
+        }
+        if self.plan.skip_when and self._search(self.plan.skip_when, base, clock):
             return WritePlan.skip(entry.patient_id, self.plan.skip_reason, backend=self.name)
         operations: list[WriteOperation] = []
         for step in self.plan.operations:
             items: list[Any] = [None]
             if step.for_each:
-                found = self._search(step.for_each, base)
+                found = self._search(step.for_each, base, clock)
                 items = list(found) if isinstance(found, list) else []
             elif step.for_each_removed:
-                items = self._removed(step.for_each_removed, base)
+                items = self._removed(step.for_each_removed, base, clock)
             for item in items:
                 context = {**base, "item": item}
-                if step.when and not self._search(step.when, context):
+                if step.when and not self._search(step.when, context, clock):
                     continue
-                args = {k: self._value(v, context) for k, v in step.args.items()}
+                args = {k: self._value(v, context, clock) for k, v in step.args.items()}
                 operations.append(
                     WriteOperation(target=step.target, operation=step.operation, args=args)
                 )
@@ -209,7 +282,37 @@ class PlanAgent:
         )
 
     def decide_many(
-        self, integration: Integration, items: Sequence[DecideItem]
+        self,
+        integration: Integration,
+        items: Sequence[DecideItem],
+        *,
+        as_of: datetime | None = None,
     ) -> list[WritePlan | Exception]:
-        """``decide`` per entry (a compiled plan has nothing to gain from batching)."""
-        return decide_each(self, integration, items)
+        """``decide`` per entry, all as of the same ``as_of`` (a compiled plan has nothing to
+        gain from batching); an engine error fills its own item's slot."""
+        out: list[WritePlan | Exception] = []
+        for entry, previous in items:
+            try:
+                # without a run time, the three-argument call of the Agent protocol (so a
+                # wrapped or recording ``decide`` keeps working)
+                if as_of is None:
+                    out.append(self.decide(integration, entry, previous))
+                else:
+                    out.append(self.decide(integration, entry, previous, as_of=as_of))
+            except HealthieSyncError as exc:
+                out.append(exc)
+        return out
+
+
+def held_until(integration: Integration, as_of: datetime) -> datetime | None:
+    """For a flush at ``as_of``: None when the integration may run now, else when its plan's
+    ``run_when`` next holds (its patients then stay pending until that run). Only a compiled
+    plan has a ``run_when``; an unloadable plan is the run's own ConfigurationError."""
+    path = integration.agent.plan
+    if integration.agent.backend != "plan" or path is None:
+        return None
+    agent = PlanAgent.from_file(path)
+    if agent.runs_at(as_of):
+        return None
+    opens = agent.opens_at(as_of)
+    return opens if opens is not None else as_of + timedelta(days=62)

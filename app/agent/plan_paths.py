@@ -25,6 +25,8 @@ from typing import Any, Literal
 from jmespath import parser as jmespath_parser
 from jmespath.functions import Functions
 
+from app.agent.plan_time import PLAN_FUNCTIONS, RUN_FIELDS
+
 
 @dataclass(frozen=True)
 class Obj:
@@ -138,6 +140,11 @@ _RESULTS: dict[str, Shape] = {
     **dict.fromkeys(("join", "to_string", "type"), STRING),
     "keys": Lst(STRING),
 }
+_TYPES: dict[str, Shape] = {"string": STRING, "number": NUMBER, "boolean": BOOLEAN}
+# The plan language's own functions and its ``run`` root (``app.agent.plan_time``).
+_RESULTS.update({name: _TYPES[kind] for name, kind in PLAN_FUNCTIONS.items()})
+RUN = Obj("run", {name: _TYPES[kind] for name, kind in RUN_FIELDS.items()})
+_KNOWN_FUNCTIONS = sorted([*Functions.FUNCTION_TABLE, *PLAN_FUNCTIONS])
 
 
 class _Walker:
@@ -309,8 +316,8 @@ class _Walker:
 
     def function(self, name: str, args: list[Any], cur: Shape, path: str) -> Shape:
         where = f"{name}()"
-        if name not in Functions.FUNCTION_TABLE:
-            close = difflib.get_close_matches(name, Functions.FUNCTION_TABLE, n=1)
+        if name not in _KNOWN_FUNCTIONS:
+            close = difflib.get_close_matches(name, _KNOWN_FUNCTIONS, n=1)
             return self.error(
                 where,
                 f"unknown JMESPath function {name}()",
@@ -353,6 +360,9 @@ def _missing(name: str, obj: Obj, path: str) -> tuple[str, str]:
             f"{name!r} is not a name a plan expression starts from ({', '.join(known)})",
             f"did you mean {close[0]}?" if close else f"start from one of: {', '.join(known)}",
         )
+    if obj is RUN:
+        hint = f"did you mean {close[0]}?" if close else f"run has: {', '.join(known)}"
+        return f"run has no field {name!r}", hint
     problem = f"{obj.name} has no field {name!r} in the entry selection"
     if close:
         return problem, f"did you mean {close[0]}?"
@@ -373,9 +383,20 @@ def _literal(value: Any) -> Shape:
     return Unknown("a literal object is not typed")
 
 
+def base_shape(entry: Obj) -> Obj:
+    """What ``skip_when`` and ``for_each`` start from: ``entry``, ``previous`` (the entry as
+    last processed, null on the first run) and ``run`` (the run's time)."""
+    return Obj("plan context", {"entry": entry, "previous": entry, "run": RUN})
+
+
+def run_shape() -> Obj:
+    """What a plan's ``run_when`` starts from: ``run`` only (it is decided before any entry)."""
+    return Obj("plan context", {"run": RUN})
+
+
 def context_shape(entry: Obj, item: Shape | None) -> Obj:
-    """The names a plan expression starts from: ``entry``, ``previous`` (the entry as last
-    processed, null on the first run) and, in per-item steps, ``item``."""
-    fields: dict[str, Shape] = {"entry": entry, "previous": entry}
+    """The names a step's expressions start from: :func:`base_shape`'s and, in per-item
+    steps, ``item``."""
+    fields: dict[str, Shape] = dict(base_shape(entry).fields)
     fields["item"] = item if item is not None else NULL
     return Obj("plan context", fields)

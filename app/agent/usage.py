@@ -10,6 +10,16 @@ import threading
 from dataclasses import dataclass, fields
 from typing import Any
 
+from app.observability import metrics
+
+#: metric ``kind`` label of each billing kind
+TOKEN_KINDS = {
+    "input_tokens": "input",
+    "cache_creation_input_tokens": "cache_creation",
+    "cache_read_input_tokens": "cache_read",
+    "output_tokens": "output",
+}
+
 
 @dataclass(frozen=True)
 class TokenUsage:
@@ -64,7 +74,9 @@ class UsageMeter:
         self._totals: dict[str, UsageTotals] = {}
 
     def record(self, integration_id: str, usage: TokenUsage, *, batch: bool = False) -> None:
-        """Add one call's usage."""
+        """Add one call's usage (and count its tokens by kind in the metrics)."""
+        for name, kind in TOKEN_KINDS.items():
+            metrics.record_tokens(integration_id, kind, getattr(usage, name), batch=batch)
         with self._lock:
             current = self._totals.get(integration_id, UsageTotals())
             if batch:

@@ -7,9 +7,10 @@ from __future__ import annotations
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from app.api import flush, ops
+from app.api import flush, metrics_route, ops
 from app.api.auth import OperatorAuthorizer, Verifier
-from app.intake import receiver
+from app.api.tracing import TraceContext
+from app.intake import hubspot_receiver, receiver
 from app.service.runtime import Runtime
 
 
@@ -30,8 +31,11 @@ def create_app(runtime: Runtime, *, oidc_verifier: Verifier | None = None) -> Fa
     app = FastAPI(title="healthie-sync", docs_url=None, redoc_url=None, openapi_url=None)
     authorizer = OperatorAuthorizer(runtime.settings, oidc_verifier)
     app.router.routes.extend(receiver.build_router(runtime).routes)
+    app.router.routes.extend(hubspot_receiver.build_router(runtime).routes)
     app.include_router(flush.build_router(runtime, authorizer))
     app.include_router(ops.build_router(runtime, authorizer))
+    app.router.routes.extend(metrics_route.build_router().routes)
+    app.add_middleware(TraceContext)  # the request's trace header on every log line
 
     @app.get("/healthz")
     def healthz() -> Health:

@@ -1,6 +1,7 @@
 """The ``healthie-sync`` command line: serve, work, flush and runs here; the rest in
 ``dlq``, ``webhooks``, ``agent`` (compile, dry-run), ``targets`` (connectors), ``validate``,
-``doctor`` and ``dev`` (demo, sandbox). Exit codes and error lines: ``app.cli.exits``."""
+``doctor``, ``secrets``, ``sync`` (backfill, resync) and ``dev`` (demo, sandbox). Exit codes
+and error lines: ``app.cli.exits``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli import agent, dev, dlq, doctor, targets, validate, webhooks
+from app.cli import agent, dev, dlq, doctor, secrets, sync, targets, validate, webhooks
 from app.cli.common import open_runtime, print_table
 from app.cli.exits import ExitCode, exit_code, one_line
 from app.core.models import Cadence
@@ -80,8 +81,11 @@ cli.command(name="dry-run")(agent.dry_run_cmd)
 cli.command()(targets.connectors)
 cli.command()(validate.validate)
 cli.command(name="doctor")(doctor.doctor)
+cli.command()(sync.backfill)
+cli.command()(sync.resync)
 cli.add_typer(dlq.app, name="dlq")
 cli.add_typer(webhooks.app, name="webhooks")
+cli.add_typer(secrets.app, name="secrets")
 
 
 def _log_progress() -> None:
@@ -98,10 +102,10 @@ def serve(
 ) -> None:
     """Serve webhooks, flush triggers and operator routes; process work in the background;
     fire flushes on schedule when HEALTHIE_SYNC_SCHEDULER=embedded (the local default)."""
-    import uvicorn
-
     from app.api.app import create_app
     from app.core.errors import ConfigurationError
+    from app.observability.setup import configure_from_environment
+    from app.service.lifecycle import Lifecycle
     from app.service.preflight import preflight
     from app.service.scheduler import EmbeddedScheduler
     from workers.flusher import flush as run_flush
@@ -129,14 +133,16 @@ def serve(
 
         scheduler = EmbeddedScheduler(fire)
         scheduler.start()
-    loop.start()
-    try:
-        uvicorn.run(create_app(runtime), host=host, port=port, log_level="info")
-    finally:
-        if scheduler is not None:
-            scheduler.stop()
-        loop.stop()
-        runtime.close()
+    configure_from_environment()
+    # SIGTERM (how Cloud Run stops an instance): stop pulling, finish or hand back in-flight
+    # work within the grace period, close the stores (app.service.lifecycle)
+    Lifecycle(
+        runtime,
+        loop=loop,
+        scheduler=scheduler,
+        grace=runtime.settings.shutdown_grace_seconds,
+        reload_interval=runtime.settings.config_reload_seconds,
+    ).serve(create_app(runtime), host=host, port=port)
 
 
 @cli.command()
@@ -147,10 +153,13 @@ def work(
     import signal
     import threading
 
+    from app.observability import metrics
+    from app.observability.setup import configure_from_environment
     from workers.loop import WorkerLoop
 
     _log_progress()
     runtime = open_runtime()
+    configure_from_environment()
     loop = WorkerLoop(runtime, concurrency=concurrency)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -162,8 +171,9 @@ def work(
     except KeyboardInterrupt:
         pass
     finally:
-        loop.stop()
+        loop.stop(grace=runtime.settings.shutdown_grace_seconds)
         runtime.close()
+        metrics.shutdown()
 
 
 @cli.command()
@@ -187,10 +197,14 @@ def flush(
         ]
     finally:
         runtime.close()
+    for notice in result.notices:
+        typer.echo(f"note: {notice}", err=True)
     report = {
         "flush_id": result.flush_id,
         "cadence": cadence.value,
         **counts.model_dump(),
+        "rules_backfilled": result.rules_backfilled,
+        "notices": result.notices,
         "runs": [
             {"run_id": r.run_id, "integration_id": r.integration_id, "status": r.status}
             | r.counts.model_dump()
@@ -212,6 +226,13 @@ def flush(
             err=True,
         )
         raise typer.Exit(ExitCode.PROBLEMS)
+    if counts.waiting:
+        typer.echo(
+            f"error: {counts.waiting} work items wait: their integration cannot work now "
+            "(see healthie-sync doctor); its next flush retries them",
+            err=True,
+        )
+        raise typer.Exit(ExitCode.USAGE)
     if counts.retried:
         typer.echo(
             f"error: {counts.retried} work items could not be processed now (a service did not "
@@ -232,6 +253,9 @@ _RUN_COLUMNS = (
     "unchanged",
     "writes",
     "dead",
+    "not found",
+    "waiting",
+    "in flight",
 )
 
 
@@ -248,6 +272,9 @@ def _print_runs(records: list, *, empty: str) -> None:  # type: ignore[type-arg]
             str(run.counts.skipped_unchanged),
             str(run.counts.writes),
             str(run.counts.dead_lettered),
+            str(run.counts.not_found),
+            str(run.counts.waiting),
+            str(run.in_flight),
         )
         for run in records
     ]
@@ -265,8 +292,11 @@ def runs(
     try:
         records = runtime.state.list_runs(integration, limit)
         data_dir = runtime.settings.data_dir
+        problems = list(runtime.config_problems)
     finally:
         runtime.close()
+    for problem in problems:  # a broken integration file: the others' runs are still shown
+        typer.echo(f"error: {problem.message}", err=True)
     if as_json:
         for run in records:
             typer.echo(run.model_dump_json())

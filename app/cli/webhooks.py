@@ -59,20 +59,25 @@ def hooks_status(
 
 @app.command("sync")
 def hooks_sync(integration: str, url: str = _URL) -> None:
-    """Register or fix the integration's webhook so it carries exactly the needed events."""
-    from app.healthie.registration import webhooks_sync
+    """Register or fix the integration's webhook so it carries exactly the needed events; the
+    signing secret of a webhook it creates is stored through the secrets backend."""
+    from app.healthie.registration.rotation import sync_and_store
 
     runtime = open_runtime(interactive=True)
     try:
-        actions = webhooks_sync(
-            runtime.healthie(integration), runtime.integration(integration), url
+        actions, stored = sync_and_store(
+            runtime.healthie(integration), runtime.integration(integration), url, runtime.secrets
         )
     finally:
         runtime.close()
     for action in actions:
         typer.echo(str(action))
+    for item in stored:
+        typer.echo(str(item))
     if not actions:
         typer.echo("already in sync")
+    if not all(item.ok for item in stored):
+        raise typer.Exit(1)
 
 
 @app.command("test")
@@ -106,19 +111,23 @@ def hooks_rotate(
     url: str = _URL,
     yes: bool = typer.Option(False, "--yes", help="Expire the signing secret now."),
 ) -> None:
-    """Rotate the webhook signing secret (prints the procedure; --yes performs step 2)."""
-    from app.healthie.registration import engine_webhooks, rotate_secret, rotation_steps
+    """Rotate the webhook signing secret: prints the procedure; --yes expires it and stores
+    Healthie's new secret as the next version of the signing-secret reference."""
+    from app.healthie.registration import engine_webhooks, rotation_steps
+    from app.healthie.registration.rotation import rotate_and_store
 
     runtime = open_runtime(interactive=True)
     try:
         client = runtime.healthie(integration)
         config = runtime.integration(integration)
         ids = [w.id for w in engine_webhooks(client, config, url)]
-        for line in rotation_steps(config, ids, base=url):
+        for line in rotation_steps(config, ids, base=url, store=runtime.secrets):
             typer.echo(line)
         if yes:
-            for rotation in rotate_secret(client, ids):
-                # the new secret goes to the secrets backend by the operator; show a fingerprint
-                typer.echo(f"rotated: {rotation}")
+            stored = rotate_and_store(client, config, ids, runtime.secrets)
+            for item in stored:
+                typer.echo(str(item))
+            if not all(item.ok for item in stored):
+                raise typer.Exit(1)
     finally:
         runtime.close()

@@ -12,14 +12,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from app.agent.freshness import RefreshAfter
 from app.core.errors import ConfigurationError
 from app.core.models import Cadence
+from app.core.reverse_config import ReverseConfig, check_reverse
+from app.core.reverse_config import resolve_paths as resolve_reverse_paths
 
 HEALTHIE_URLS = {
     "production": "https://api.gethealthie.com/graphql",
     "sandbox": "https://staging-api.gethealthie.com/graphql",
 }
-DEFAULT_API_VERSION = "2026-01-01"
+DEFAULT_API_VERSION = "2026-07-01"  # Healthie's minimum from 2027-01-31 (app.healthie.versions)
 
 
 class HealthieConfig(BaseModel):
@@ -67,6 +70,9 @@ class AgentConfig(BaseModel):
     max_output_tokens: int = Field(default=4096, ge=256, le=64000)
     # Entry fields the model may see (JMESPath-free top-level names); None = the whole entry.
     visible_fields: list[str] | None = None
+    # How long a decision stays valid ("7d", "12h"): older ones are decided again even when the
+    # entry did not change, so time-dependent rules follow the calendar (None: forever)
+    refresh_after: RefreshAfter = None
 
 
 class TargetConfig(BaseModel):
@@ -93,6 +99,8 @@ class Integration(BaseModel):
     healthie: HealthieConfig
     agent: AgentConfig
     targets: list[TargetConfig] = Field(min_length=1)
+    #: HubSpot -> Healthie (``app.core.reverse_config``); None: forward only
+    reverse: ReverseConfig | None = None
     events: list[str] | None = None  # extra patient-scoped event types to accept
 
     @field_validator("cadence", mode="before")
@@ -130,6 +138,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         for key in ("instructions", "plan"):
             if isinstance(agent.get(key), str):
                 agent[key] = str((base / agent[key]).resolve())
+    resolve_reverse_paths(raw, base)
 
 
 def load_integration(path: Path) -> Integration:
@@ -155,17 +164,57 @@ def load_integration(path: Path) -> Integration:
     names = [t.name for t in integration.targets]
     if len(set(names)) != len(names):
         raise ConfigurationError(f"{path}: target names must be unique, got {names}")
+    check_reverse(integration)
     return integration
 
 
-def load_integrations(directory: Path) -> dict[str, Integration]:
-    """Every ``*.toml`` integration in ``directory``, keyed by id (ids must be unique)."""
+class ConfigProblem(BaseModel):
+    """One integration file that could not be loaded: the file, the integration it names (when
+    its ``id`` could be read) and why (paths and field names, never a secret or a value)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: Path
+    integration_id: str | None = None
+    message: str
+
+
+def _declared_id(path: Path) -> str | None:
+    """The ``id`` a file declares, if it can be read at all (to name a broken integration)."""
+    try:
+        value = tomllib.loads(path.read_text(encoding="utf-8")).get("id")
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def load_integrations(
+    directory: Path, problems: list[ConfigProblem] | None = None
+) -> dict[str, Integration]:
+    """Every ``*.toml`` integration in ``directory``, keyed by id (ids must be unique).
+
+    Strict by default: the first bad file raises ConfigurationError. Given a ``problems``
+    list, each bad file (unreadable, invalid, a duplicate id) is appended there and skipped,
+    and the good ones are returned: one clinic's broken file never stops the others. A
+    missing directory always raises."""
     if not directory.is_dir():
         raise ConfigurationError(f"integration config directory {directory} does not exist")
     found: dict[str, Integration] = {}
     for path in sorted(directory.glob("*.toml")):
-        integration = load_integration(path)
-        if integration.id in found:
-            raise ConfigurationError(f"{path}: duplicate integration id {integration.id!r}")
-        found[integration.id] = integration
+        problem: ConfigurationError | None = None
+        try:
+            integration = load_integration(path)
+        except ConfigurationError as exc:
+            problem = exc
+        else:
+            if integration.id in found:
+                problem = ConfigurationError(f"{path}: duplicate integration id {integration.id!r}")
+        if problem is None:
+            found[integration.id] = integration
+            continue
+        if problems is None:
+            raise problem
+        problems.append(
+            ConfigProblem(path=path, integration_id=_declared_id(path), message=str(problem))
+        )
     return found

@@ -99,7 +99,13 @@ class Entry(BaseModel):
 
 
 class Counts(BaseModel):
-    """The demo's and a run's summary counts, in the order the README documents."""
+    """The demo's and a run's summary counts, in the order the README documents.
+
+    Every patient of a run ends in exactly one *outcome*: ``processed`` (written, or skipped by
+    its plan), ``skipped_unchanged``, ``not_found`` (deleted or merged away in Healthie),
+    ``dead_lettered`` or ``waiting`` (its integration could not work: a missing secret, a bad
+    plan, a target whose breaker is open; the patient is staged again for the next flush).
+    ``writes`` and ``retried`` are not outcomes."""
 
     webhooks_received: int = 0
     webhooks_rejected: int = 0
@@ -110,10 +116,31 @@ class Counts(BaseModel):
     dead_lettered: int = 0
     #: deliveries given back for a retry (a service did not answer): the work stays queued
     retried: int = 0
+    #: patients Healthie no longer has (deleted, or merged into another)
+    not_found: int = 0
+    #: patients handed back to their integration's pending set because the integration could
+    #: not work (its next flush publishes them again)
+    waiting: int = 0
 
     def add(self, other: Counts) -> Counts:
         """Field-wise sum."""
         return Counts(**{k: getattr(self, k) + getattr(other, k) for k in type(self).model_fields})
+
+    def outcomes(self) -> int:
+        """Patients that reached their one outcome (what a run's ``patients`` must add up to)."""
+        return (
+            self.processed
+            + self.skipped_unchanged
+            + self.not_found
+            + self.dead_lettered
+            + self.waiting
+        )
+
+
+#: ``running``: the flush is staging and publishing; ``published``: its work items are queued
+#: and workers are settling them; ``finished``: every patient reached its outcome (the counts
+#: no longer change); ``failed``: the flush's part failed (``error`` says why).
+RunStatus = Literal["running", "published", "finished", "failed"]
 
 
 class RunRecord(BaseModel):
@@ -127,5 +154,37 @@ class RunRecord(BaseModel):
     marks_drained: int = 0
     patients: int = 0
     counts: Counts = Field(default_factory=Counts)
-    status: Literal["running", "finished", "failed"] = "running"
+    status: RunStatus = "running"
     error: str | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Patients published and not yet settled (0 unless the run is ``published``)."""
+        return max(0, self.patients - self.counts.outcomes()) if self.status == "published" else 0
+
+    def settle(self, now: datetime) -> bool:
+        """Mark a published run ``finished`` when every patient has its outcome; True when it
+        did (the stores call this inside the update that added the counts, so it is atomic)."""
+        if self.status != "published" or self.counts.outcomes() < self.patients:
+            return False
+        self.status = "finished"
+        self.finished_at = now
+        return True
+
+
+def merge_run(stored: RunRecord, update: RunRecord) -> RunRecord:
+    """What a store keeps when ``update`` is saved over ``stored`` (the same run): counts never
+    go down (workers add theirs while the flusher saves the run's progress), and a finished run
+    is final: its status, end and counts stay. A copy; neither argument changes."""
+    merged = update.model_copy(deep=True)
+    if stored.status == "finished":
+        merged.status, merged.finished_at = "finished", stored.finished_at
+        merged.counts = stored.counts.model_copy()
+        return merged
+    merged.counts = Counts(
+        **{
+            name: max(getattr(stored.counts, name), getattr(update.counts, name))
+            for name in Counts.model_fields
+        }
+    )
+    return merged

@@ -22,7 +22,11 @@ class Settings(BaseSettings):
     config_dir: Path = Path("config/integrations")
     queue_backend: Literal["sqlite", "pubsub"] = "sqlite"
     state_backend: Literal["sqlite", "firestore"] = "sqlite"
-    secrets_backend: Literal["env", "secret-manager"] = "env"
+    secrets_backend: Literal["env", "file", "secret-manager"] = "env"
+    # file backend: the key-encryption key (base64 of 32 bytes) or a file holding it, outside
+    # the repository and the data directory (`healthie-sync secrets init-key PATH`).
+    secrets_key: SecretStr | None = None
+    secrets_key_file: Path | None = None
     gcp_project: str | None = None
     firestore_prefix: str = "healthie-sync"  # collection prefix: deployments can share a project
     # Shared token for POST /flush/{cadence} on the local default; production uses OIDC.
@@ -57,6 +61,13 @@ class Settings(BaseSettings):
     healthie_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     healthie_max_attempts: int = Field(default=5, ge=1, le=20)
     interactive_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # configuration outside the image: re-read the config directory this often (0: only on
+    # SIGHUP); a change is swapped in only when it validates (app.service.reload)
+    config_reload_seconds: float = Field(default=60.0, ge=0, le=86_400)
+    # SIGTERM: finish or hand back in-flight work within this (Cloud Run kills at 10 s)
+    shutdown_grace_seconds: float = Field(default=8.0, gt=0, le=3_600)
+    # false on Cloud Run: the build creates topics and subscriptions (least privilege)
+    ensure_topology: bool = True
     work_ack_deadline_seconds: int = Field(default=300, ge=1, le=600)
     dirty_ack_deadline_seconds: int = Field(default=600, ge=1, le=600)
 

@@ -52,6 +52,8 @@ from app.core.errors import (
 )
 from app.healthie import operations
 from app.healthie.complexity import MAX_COMPLEXITY, estimate, parse_complexity_error
+from app.healthie.versions import version_notice
+from app.observability import metrics
 from app.resilience.breaker import CircuitBreaker
 from app.resilience.guard import Guard, credential_id
 from app.resilience.ratelimit import TokenBucket
@@ -114,6 +116,8 @@ class HealthieClient:
     ``entry_fragment`` is the PatientEntry
     fragment text to fetch (default: the committed one; see ``selection.build_entry_fragment``).
     ``concurrency`` is how many entry batches one ``fetch_entries`` call keeps in flight.
+    ``integration_id`` labels the client's metrics (``app.observability.metrics``: requests by
+    outcome, retries, rate-limit answers, entries fetched, the fetch stage's latency).
     """
 
     def __init__(
@@ -134,6 +138,7 @@ class HealthieClient:
         breaker: CircuitBreaker | None = None,
         bucket: TokenBucket | None = None,
         guard: Guard | None = None,
+        integration_id: str = "",
     ) -> None:
         headers = {
             "Authorization": f"Basic {api_key}",
@@ -174,11 +179,24 @@ class HealthieClient:
         self.rate_limited = 0  # TOO_MANY_REQUESTS and HTTP 429 answers seen
         self.complexity_splits = 0
         self.warnings_seen: set[str] = set()
+        # The pinned version's lifecycle from Healthie's published table (app.healthie.versions),
+        # known before any request: doctor lists it with the warnings Healthie sends.
+        notice = version_notice(api_version)
+        if notice is not None:
+            self.warnings_seen.add(notice)
+        self.integration_id = integration_id or metrics.UNKNOWN
         self._consecutive_limits = 0
         self._stats_lock = threading.Lock()
         self.retry = RetryPolicy(
-            max_attempts=max_attempts, backoff=Backoff(initial=0.2, cap=10.0), max_wait=600.0
+            max_attempts=max_attempts,
+            backoff=Backoff(initial=0.2, cap=10.0),
+            max_wait=600.0,
+            on_retry=self._on_retry,
         )
+
+    def _on_retry(self, exc: BaseException, _wait: float) -> None:
+        kind = exc.kind if isinstance(exc, HealthieSyncError) else type(exc).__name__
+        metrics.record_retry(self.integration_id, "healthie", kind)
 
     def use_entry_fragment(self, fragment: str) -> None:
         """Fetch entries with ``fragment`` (PatientEntry text, e.g. from
@@ -218,6 +236,15 @@ class HealthieClient:
         return data
 
     def _attempt(self, request: GraphQLRequest, variables: dict[str, Any]) -> dict[str, Any]:
+        try:
+            data = self._post(request, variables)
+        except HealthieSyncError as exc:
+            metrics.record_healthie_request(self.integration_id, exc.kind)
+            raise
+        metrics.record_healthie_request(self.integration_id, "ok")
+        return data
+
+    def _post(self, request: GraphQLRequest, variables: dict[str, Any]) -> dict[str, Any]:
         with self._stats_lock:
             self.requests_sent += 1
         self._local.status, self._local.headers = None, None
@@ -248,6 +275,7 @@ class HealthieClient:
             self.rate_limited += 1
             self._consecutive_limits += 1
             streak = self._consecutive_limits
+        metrics.record_rate_limited(self.integration_id, "healthie")
         # Healthie gives no Retry-After with TOO_MANY_REQUESTS: 1 s, doubling while it repeats.
         wait = pause if pause is not None else _STREAK.delay(streak - 1)
         self.bucket.throttle(wait)
@@ -326,13 +354,16 @@ class HealthieClient:
         chunks = list(_chunks(unique, self.entries_per_request))
         workers = min(concurrency or self.concurrency, len(chunks))
         out: dict[str, dict[str, Any] | None] = {}
-        if workers <= 1:
-            for chunk in chunks:
-                out.update(self._fetch_batch(chunk))
-            return out
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="healthie") as pool:
-            for part in pool.map(self._fetch_batch, chunks):
-                out.update(part)
+        with metrics.stage_timer(self.integration_id, "fetch"):
+            if workers <= 1:
+                for chunk in chunks:
+                    out.update(self._fetch_batch(chunk))
+            else:
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="healthie") as pool:
+                    for part in pool.map(self._fetch_batch, chunks):
+                        out.update(part)
+        found = sum(1 for entry in out.values() if entry is not None)
+        metrics.record_entries_fetched(self.integration_id, found, len(out) - found)
         return out
 
     def _fetch_batch(self, chunk: Sequence[str]) -> dict[str, dict[str, Any] | None]:

@@ -54,6 +54,8 @@ class Pages:
         self.page_size, self.max_pages = page_size, max_pages
         self.pages = 0
         self.truncated = False
+        #: the connection's ``total_count`` when the operation selects it (else None)
+        self.total: int | None = None
 
     def __iter__(self) -> Iterator[list[dict[str, Any]]]:
         after: str | None = None
@@ -75,6 +77,9 @@ class Pages:
                 return  # Healthie answers null for a collection the key may not list
             if not isinstance(connection, dict):
                 raise InvalidResponse(f"{self.field} is not a connection object")
+            total = connection.get("total_count")
+            if isinstance(total, int) and total >= 0:
+                self.total = total
             nodes = connection.get("nodes") or []
             page_info = connection.get("page_info") or {}
             if not isinstance(nodes, list) or not isinstance(page_info, dict):

@@ -1,7 +1,12 @@
 """Which patients a Healthie webhook event affects: event -> dirty marks.
 
 Pure functions, no I/O: the webhook path never calls Healthie. Appointment and applied-tag events
-that do not name a patient become marks on the appointment or tag, resolved at flush time.
+that do not name a patient become marks on the appointment or tag, resolved at flush time (an
+appointment to the patients Healthie lists on it and those whose recorded entries held it, so
+``appointment.patient_removed`` and ``appointment.deleted`` reach the patients who lost it).
+``patient.merged`` marks its destination (re-synced with the merged entry) and its source,
+carrying the destination (``merged_into``): ``workers.pipeline.gone`` handles a source Healthie
+no longer has.
 Session-note and clinical-documentation events never mark anything: the engine does not sync them.
 """
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -19,10 +20,12 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route, Router
 
-from app.core.errors import ConfigurationError, QueueUnavailable
+from app.core.errors import ConfigurationError, QueueUnavailable, RetriableError
+from app.core.logs import bind
 from app.intake.batcher import PublishBatcher
 from app.intake.events import read_event
 from app.intake.signature import verify_healthie_signature
+from app.observability import metrics
 from app.queue.topology import DIRTY_TOPIC
 from app.service.runtime import Runtime
 
@@ -68,16 +71,39 @@ def _answer(status: str, marks: int) -> Response:
     return Response(body, status_code=202, media_type="application/json")
 
 
+class _Outcomes:
+    """The runtime's intake tally and the webhook metric, counted together."""
+
+    __slots__ = ("integration", "started", "stats")
+
+    def __init__(self, runtime: Runtime, integration: str) -> None:
+        self.stats = runtime.stats
+        self.integration = integration
+        self.started = time.perf_counter()
+
+    def count(self, outcome: str, event_type: str | None = None) -> None:
+        self.stats.count(outcome, event_type)
+        metrics.record_webhook(self.integration, outcome)
+
+
 def build_router(runtime: Runtime) -> Router:
     """The webhook route bound to ``runtime``."""
     # A plain Starlette route: the intake's hot path needs no dependency injection, and
     # skipping it is most of the per-request framework cost (bench/webhook_throughput.py).
-    stats = runtime.stats
     batcher = PublishBatcher(runtime.queue, DIRTY_TOPIC)
 
     async def receive(request: Request) -> Response:
         integration_id: str = request.path_params["integration_id"]
+        if integration_id not in runtime.integrations:
+            return await handle(request, integration_id)
+        with bind(integration=integration_id):  # its log lines carry the integration label
+            return await handle(request, integration_id)
+
+    async def handle(request: Request, integration_id: str) -> Response:
         integration = runtime.integrations.get(integration_id)
+        # every outcome counted twice: /healthz's tally and the metrics (by integration; a
+        # made-up id is "(unknown)", so senders cannot grow the label set)
+        stats = _Outcomes(runtime, integration_id if integration else metrics.UNKNOWN)
         if integration is None:
             stats.count("rejected_unknown_integration")
             raise HTTPException(404, "not found")
@@ -96,7 +122,7 @@ def build_router(runtime: Runtime) -> Router:
             path = runtime.settings.public_webhook_path.format(integration_id=integration_id)
         try:
             secrets = runtime.webhook_secrets(integration_id)
-        except ConfigurationError as exc:
+        except (ConfigurationError, RetriableError) as exc:
             # Our misconfiguration, not the sender's: 503 so Healthie retries once it is fixed.
             stats.count("unconfigured")
             log.error("webhook not verifiable for %s: %s", integration_id, exc)  # noqa: TRY400
@@ -136,6 +162,8 @@ def build_router(runtime: Runtime) -> Router:
             log.exception("webhook publish failed (integration=%s)", integration_id)
             raise HTTPException(503, "temporarily unavailable") from None
         stats.count("accepted", payload.event_type)
+        metrics.record_dirty_marks(integration_id, len(marks))
+        metrics.record_stage(integration_id, "intake", time.perf_counter() - stats.started)
         return _answer("accepted", len(marks))
 
     return Router(routes=[Route("/webhooks/healthie/{integration_id}", receive, methods=["POST"])])

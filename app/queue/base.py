@@ -78,6 +78,13 @@ class Queue(Protocol):
         """Give the messages back for redelivery after ``delay_seconds``."""
         ...
 
+    def extend(self, subscription: str, ack_ids: Sequence[str], seconds: float) -> None:
+        """Keep the leased messages invisible for ``seconds`` more from now (a worker still
+        on them, e.g. a Message Batch pending for hours). Acked, nacked or re-leased ack ids
+        are ignored. Pub/Sub's ``modifyAckDeadline``: at most 600 s per call, so a holder
+        extends again before the time is up."""
+        ...
+
     def close(self) -> None:
         """Release connections; the queue's contents stay."""
         ...

@@ -372,6 +372,21 @@ class PubSubQueue:
                 },
             )
 
+    def extend(self, subscription: str, ack_ids: Sequence[str], seconds: float) -> None:
+        """``modifyAckDeadline`` to ``seconds`` from now (rounded up, 1..600 s: Pub/Sub's
+        bounds); stale ack ids are ignored by Pub/Sub."""
+        deadline = _clamp(math.ceil(max(1.0, seconds)), 1, MAX_ACK_DEADLINE)
+        for start in range(0, len(ack_ids), ACK_BATCH):
+            self._call(
+                f"extend leases on {subscription!r}",
+                self._subscriber.modify_ack_deadline,
+                request={
+                    "subscription": self._subscription(subscription),
+                    "ack_ids": list(ack_ids[start : start + ACK_BATCH]),
+                    "ack_deadline_seconds": deadline,
+                },
+            )
+
     def close(self) -> None:
         """Close the clients this queue built (idempotent); later calls raise QueueUnavailable.
 

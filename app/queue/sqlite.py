@@ -285,6 +285,17 @@ class SqliteQueue:
                 [(visible, a, subscription) for a in ack_ids],
             )
 
+    def extend(self, subscription: str, ack_ids: Sequence[str], seconds: float) -> None:
+        """Push the leases of ``ack_ids`` to ``seconds`` from now; an ack id no longer leased
+        (acked, nacked, or pulled again by another worker) matches no row."""
+        visible = time.time() + max(0.0, seconds)
+        with self._lock:
+            self._db.executemany(
+                "UPDATE messages INDEXED BY messages_ack SET visible_at=?"
+                " WHERE ack_id=? AND subscription=?",
+                [(visible, a, subscription) for a in ack_ids],
+            )
+
     def depth(self, subscription: str) -> int:
         """Messages held for ``subscription`` (leased or not); for operators and tests."""
         with self._lock:

@@ -137,6 +137,19 @@ class RetryPolicy:
     before_sleep: Callable[[RetryCallState], None] | None = field(
         default=None, compare=False, repr=False
     )
+    #: told of each retry before its wait: the error retried and the seconds about to be
+    #: slept (metrics: a fault that was retried and then succeeded leaves a trace there)
+    on_retry: Callable[[BaseException, float], None] | None = field(
+        default=None, compare=False, repr=False
+    )
+
+    def _before_sleep(self, retry_state: RetryCallState) -> None:
+        if self.on_retry is not None and retry_state.outcome is not None:
+            exc = retry_state.outcome.exception()
+            if exc is not None:
+                self.on_retry(exc, retry_state.upcoming_sleep)
+        if self.before_sleep is not None:
+            self.before_sleep(retry_state)
 
     def retrying(self) -> Retrying:
         """A tenacity controller for this policy (re-raising the last error)."""
@@ -148,7 +161,7 @@ class RetryPolicy:
             stop=stop,
             wait=_Wait(self.backoff),
             sleep=self.sleep,
-            before_sleep=self.before_sleep,
+            before_sleep=self._before_sleep,
             reraise=True,
         )
 

@@ -200,7 +200,12 @@ def _anthropic(runtime: Runtime, integration_id: str) -> Check | None:
 def doctor(runtime: Runtime, integration_id: str, *, url: str | None = None) -> list[Check]:
     """Every check for ``integration_id`` (see the module docstring), in order."""
     runtime.integration(integration_id)  # an unknown name is a usage error, raised
-    checks = list(_configuration(runtime, integration_id))
+    checks = [
+        Check("configuration", "fail", p.message, "fix the file; the others keep working")
+        for p in runtime.config_problems
+        if p.integration_id in (integration_id, None)
+    ]
+    checks += list(_configuration(runtime, integration_id))
     secrets = _secrets(runtime, integration_id)
     checks.append(secrets)
     if secrets.verdict != "ok":

@@ -32,6 +32,13 @@ def preflight(runtime: Runtime, *, check_schema: bool = True) -> list[str]:
         findings += _check(runtime, integration_id, sources.get(integration_id))
     _refuse(findings)
     warnings = [_text(f) for f in findings if f.severity == "warning"]
+    from app.healthie.versions import version_notice
+
+    for integration_id in sorted(runtime.integrations):
+        # a pinned version that is deprecated or near its sunset (Healthie's published table)
+        notice = version_notice(runtime.integrations[integration_id].healthie.api_version)
+        if notice:
+            warnings.append(f"{integration_id}: {notice}")
     if not check_schema:
         return warnings
     for integration_id in sorted(runtime.integrations):

@@ -7,20 +7,22 @@ Built by ``build_runtime`` (from settings) or directly (tests, demo); nothing is
 from __future__ import annotations
 
 import json
+import logging
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx2
 
-from app.core.config import Integration, load_integrations
+from app.core.config import ConfigProblem, Integration, load_integrations
 from app.core.errors import ConfigurationError
 from app.core.settings import Settings
 from app.healthie.client import HealthieClient
 from app.intake.stats import IntakeStats
 from app.queue.base import Queue
 from app.resilience.guard import Guards, credential_id
-from app.secrets.stores import EnvSecretStore, SecretManagerStore, SecretStore
+from app.secrets.base import SecretStore, accepted_values
 from app.state.base import StateStore
 
 if TYPE_CHECKING:
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
 
     from app.agent.base import Agent
     from connectors.base import Connector, TargetSchema
+
+log = logging.getLogger(__name__)
 
 
 class IntegrationClients:
@@ -45,6 +49,20 @@ class IntegrationClients:
         self._connectors: dict[str, Connector] | None = None
         self._targets: dict[str, TargetSchema] | None = None
         self._declared: dict[str, dict[str, Any]] | None = None
+        self._rules: str | None = None
+
+    @property
+    def rules(self) -> str:
+        """What the integration's decisions depend on besides the entry: the rules version
+        (instructions, plan, backend, model: ``workers.rules``) and the mode, so changing the
+        rules reprocesses every entry and a staging run never makes a live run skip. Read once,
+        like the agent built from the same files."""
+        from workers.rules import decision_rules
+
+        with self._lock:
+            if self._rules is None:
+                self._rules = decision_rules(self.integration)
+            return self._rules
 
     @property
     def healthie(self) -> HealthieClient:
@@ -142,6 +160,22 @@ class IntegrationClients:
                             k: self._runtime.secrets.get(v) for k, v in target.credentials.items()
                         }
                         cls = connector_class(target)
+                        if target.connector == "healthie":
+                            # Healthie as a target writes with the integration's own client
+                            # (or its own key's guard): its rate limit is shared with reads
+                            from connectors.healthie import HealthieConnector
+
+                            assert issubclass(cls, HealthieConnector)
+                            built[target.name] = cls.for_runtime(
+                                target.name,
+                                target.staging if staging else target.options,
+                                credentials,
+                                integration_client=lambda: self.healthie,
+                                guards=self._runtime.guards,
+                                staging=staging,
+                                http_transport=self._runtime.http_transport,
+                            )
+                            continue
                         guard = self._runtime.guards.for_credential(
                             credential_id(
                                 json.dumps(
@@ -168,7 +202,10 @@ class IntegrationClients:
                     for connector in built.values():
                         connector.close()
                     raise
-                self._connectors = built
+                from workers.reverse_ledger import guard_connectors
+
+                # the HubSpot targets of a two-way integration skip what the engine last wrote
+                self._connectors = guard_connectors(built, self._runtime.state, self.integration)
             return self._connectors
 
     def close(self) -> None:
@@ -196,6 +233,9 @@ class Runtime:
     http_transport: httpx2.BaseTransport | None = None
     stats: IntakeStats = field(default_factory=IntakeStats)
     guards: Guards = field(default_factory=Guards)
+    #: integration files that did not load and integrations whose targets were refused: the
+    #: others keep working; ``runs`` and ``doctor`` show these (``build_runtime`` fills it)
+    config_problems: list[ConfigProblem] = field(default_factory=list)
     _clients: dict[str, IntegrationClients] = field(default_factory=dict)
     _webhook_secrets: dict[str, list[str]] = field(default_factory=dict)
     _anthropic: anthropic.Anthropic | None = None
@@ -208,6 +248,11 @@ class Runtime:
         except KeyError:
             import difflib
 
+            for problem in self.config_problems:
+                if problem.integration_id == integration_id:
+                    raise ConfigurationError(
+                        f"integration {integration_id!r} is not loaded: {problem.message}"
+                    ) from None
             close = difflib.get_close_matches(integration_id, list(self.integrations), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             known = ", ".join(sorted(self.integrations)) or "none"
@@ -231,12 +276,31 @@ class Runtime:
         for integration_id in sorted(self.integrations):
             _ = self.clients(integration_id).targets
 
+    def target_problems(self) -> list[ConfigProblem]:
+        """``check_targets`` per integration: one problem for each integration whose targets
+        are refused (the integration stays loaded: its marks are staged and its work items
+        wait, counted, until the file is fixed), none when all pass."""
+        problems = []
+        for integration_id in sorted(self.integrations):
+            try:
+                _ = self.clients(integration_id).targets
+            except ConfigurationError as exc:
+                problems.append(
+                    ConfigProblem(
+                        path=self.settings.config_dir,
+                        integration_id=integration_id,
+                        message=str(exc),
+                    )
+                )
+        return problems
+
     def webhook_secrets(self, integration_id: str) -> list[str]:
         """The signing secrets accepted for the integration (cached; see ``reload_secrets``)."""
         cached = self._webhook_secrets.get(integration_id)
         if cached is None:
             refs = self.integration(integration_id).healthie.webhook_secrets
-            cached = [self.secrets.get(ref) for ref in refs]
+            # every enabled version: a retry signed before a rotation still verifies
+            cached = [value for ref in refs for value in accepted_values(self.secrets, ref)]
             self._webhook_secrets[integration_id] = cached
         return cached
 
@@ -252,6 +316,22 @@ class Runtime:
                 except ConfigurationError as exc:
                     problems.append(f"{integration.id}: {exc}")
         return problems
+
+    def replace_integrations(
+        self, integrations: dict[str, Integration], changed: Iterable[str]
+    ) -> list[IntegrationClients]:
+        """Swap in reloaded integrations (``app.service.reload``); returns the clients of the
+        changed or removed ones, for the caller to close once their work has drained."""
+        with self._lock:
+            drop = set(changed) | (set(self._clients) - set(integrations))
+            retired = [self._clients.pop(i) for i in sorted(drop) if i in self._clients]
+            self.integrations = integrations
+            loaded = set(integrations)
+            self.config_problems = [
+                p for p in self.config_problems if p.integration_id not in loaded
+            ]
+            self._webhook_secrets.clear()
+        return retired
 
     def reload_secrets(self) -> None:
         """Forget cached secrets so the next request reads them again (after a rotation)."""
@@ -288,6 +368,7 @@ class Runtime:
         api_key = self.secrets.get(cfg.api_key_secret)
         client = HealthieClient(
             url=cfg.url(),
+            integration_id=integration.id,
             api_key=api_key,
             api_version=cfg.api_version,
             shard_id=self.secrets.get(cfg.shard_id_secret) if cfg.shard_id_secret else None,
@@ -366,14 +447,16 @@ def build_state(settings: Settings) -> StateStore:
 
 
 def build_secrets(settings: Settings) -> SecretStore:
-    """The secrets backend the settings name."""
-    if settings.secrets_backend == "secret-manager":
-        from google.cloud import secretmanager
+    """The secrets backend the settings name (``app.secrets.factory``)."""
+    from app.secrets.factory import build_store
 
-        if not settings.gcp_project:
-            raise ConfigurationError("secrets_backend = secret-manager needs a GCP project")
-        return SecretManagerStore(secretmanager.SecretManagerServiceClient(), settings.gcp_project)
-    return EnvSecretStore()
+    return build_store(
+        settings.secrets_backend,
+        data_dir=settings.data_dir,
+        gcp_project=settings.gcp_project,
+        key=settings.secrets_key,
+        key_file=settings.secrets_key_file,
+    )
 
 
 def build_runtime(settings: Settings, *, secrets: SecretStore | None = None) -> Runtime:
@@ -382,19 +465,31 @@ def build_runtime(settings: Settings, *, secrets: SecretStore | None = None) -> 
     from app.queue.topology import ensure_topology_for
 
     silence_payload_loggers()  # entries must not reach any log, whoever configured logging
-    integrations = load_integrations(settings.config_dir)
+    problems: list[ConfigProblem] = []
+    # One clinic's broken file is reported, never a reason to stop the others (or the
+    # operator commands that would show it).
+    integrations = load_integrations(settings.config_dir, problems)
+    if problems and not integrations:
+        # no other clinic to keep working: the first problem is the command's error
+        others = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConfigurationError(problems[0].message + others)
     queue = build_queue(settings)
-    ensure_topology_for(queue, settings)
+    if settings.ensure_topology:  # on Cloud Run the build creates topics and subscriptions
+        ensure_topology_for(queue, settings)
     runtime = Runtime(
         settings=settings,
         integrations=integrations,
         secrets=secrets or build_secrets(settings),
         queue=queue,
         state=build_state(settings),
+        config_problems=problems,
     )
     try:
-        runtime.check_targets()  # a bad target is refused before any work
+        # a bad target is found before any work, and reported with the broken files
+        runtime.config_problems.extend(runtime.target_problems())
     except BaseException:
         runtime.close()
         raise
+    for problem in runtime.config_problems:
+        log.error("integration %s not usable: %s", problem.integration_id or "?", problem.message)
     return runtime

@@ -33,8 +33,11 @@ def serve_in_thread(
     The server is started before the URL is yielded and shut down (and joined) afterwards.
     """
     port = port or free_port(host)
+    from app.core.logs import is_json, uvicorn_log_config
+
+    extra: dict[str, Any] = {"log_config": uvicorn_log_config()} if is_json() else {}
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on"
+        app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on", **extra
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)

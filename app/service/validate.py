@@ -357,6 +357,9 @@ def _secrets(
         refs.append((("healthie", "shard_id_secret"), cfg.shard_id_secret))
     for index, target in enumerate(integration.targets):
         refs += [(("targets", index, "credentials", k), r) for k, r in target.credentials.items()]
+    reverse = getattr(integration, "reverse", None)
+    if reverse is not None and getattr(reverse, "client_secret", None):
+        refs.append((("reverse", "client_secret"), reverse.client_secret))
     for loc, ref in refs:
         problem = _resolve(secrets, ref)
         if problem:
@@ -397,4 +400,4 @@ def _resolve(secrets: SecretStore, ref: str) -> str:
 def _secret_hint(secrets: SecretStore, ref: str) -> str:
     if isinstance(secrets, EnvSecretStore):
         return f"export {env_name(ref)}=... (the secret's value)"
-    return f"create the secret {ref!r} in the secrets backend"
+    return f"store it: healthie-sync secrets set {ref} (value on standard input)"

@@ -56,6 +56,10 @@ def entry_shape(
         extra = parse(f"fragment Extra on User {{ {extra_selection} }}")
         for key, shape in builder.collect(_fragments(extra)["Extra"].selection_set, user).items():
             fields[key] = _merge(fields.get(key), shape)
+    # fields the engine adds to the last entry of a patient Healthie no longer has
+    # (workers/pipeline.gone_entry): the rules decide once more on it
+    fields.setdefault("merged_into", Leaf("ID"))
+    fields.setdefault("deleted", Leaf("Boolean"))
     return Obj("User", fields)
 
 

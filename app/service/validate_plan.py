@@ -30,10 +30,12 @@ from app.agent.plan_paths import (
     Obj,
     Shape,
     Unknown,
+    base_shape,
     check_expression,
     context_shape,
     describe,
     element,
+    run_shape,
 )
 from app.agent.transforms import TRANSFORMS
 from app.core.config import Integration
@@ -144,7 +146,9 @@ def check_plan(
 ) -> None:
     """Check every step of a parsed plan (see the module docstring); findings go to
     ``check``. ``connectors``: each target's connector class, None when it is unknown."""
-    base = Obj("plan context", {"entry": entry, "previous": entry})
+    base = base_shape(entry)
+    if plan.run_when:
+        _expr(check, plan.run_when, run_shape(), ("run_when",), "run_when")
     if plan.skip_when:
         _expr(check, plan.skip_when, base, ("skip_when",), "skip_when")
     for index, step in enumerate(plan.operations):

@@ -1,10 +1,12 @@
 """The state contract: what the engine remembers between runs, per integration and patient,
-and the index of dead letters that lets an operator list them without touching the queue
-(``workers.deadletters`` keeps it in step with the dead-letter subscription)."""
+the index of dead letters that lets an operator list them without touching the queue
+(``workers.deadletters`` keeps it in step with the dead-letter subscription), and the index
+from an appointment to the patients whose recorded entries contained it (kept by
+``workers.pipeline.record``, read by the flusher for appointment events)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -23,6 +25,9 @@ class PatientState(BaseModel):
     plan: WritePlan | None = None
     outcome: str  # "written", "skipped", "dead_lettered", ...
     updated_at: datetime
+    #: the rules and mode the decision was made under (``IntegrationClients.rules``); an entry
+    #: is unchanged only when this matches too ("" for states written before it existed)
+    rules: str = ""
 
 
 class AuditRecord(BaseModel):
@@ -106,6 +111,16 @@ class StateStore(Protocol):
         """Append one audit record."""
         ...
 
+    def get_synced(self, integration_id: str, patient_id: str) -> dict[str, str]:
+        """Per name, the digest of the value the engine last synchronised for the patient
+        between two systems (``workers.reverse_ledger``); empty before the first."""
+        ...
+
+    def put_synced(self, integration_id: str, patient_id: str, digests: Mapping[str, str]) -> None:
+        """Record ``digests`` by name: each given name is replaced, the others are kept
+        (atomic per name across processes)."""
+        ...
+
     def add_pending(self, integration_id: str, patients: Sequence[PendingPatient]) -> None:
         """Stage patients (upsert): ``dirty_since`` keeps the earliest, ``reasons`` the sorted
         union, ``version`` increments (the given version is ignored)."""
@@ -143,6 +158,21 @@ class StateStore(Protocol):
 
     def remove_dead_letters(self, message_ids: Sequence[str]) -> None:
         """Drop the index entries of ``message_ids`` (unknown ids are ignored)."""
+        ...
+
+    def index_appointments(
+        self, integration_id: str, patient_id: str, appointment_ids: Sequence[str]
+    ) -> None:
+        """Remember that the patient's recorded entry contains exactly ``appointment_ids``
+        (replaces the patient's previous set; empty: it holds none)."""
+        ...
+
+    def patients_for_appointments(
+        self, integration_id: str, appointment_ids: Sequence[str]
+    ) -> dict[str, list[str]]:
+        """For each of ``appointment_ids``, the patients whose recorded entries contained it
+        (sorted; ``[]`` when none did): how an appointment's event reaches a patient Healthie
+        no longer lists on it."""
         ...
 
     def close(self) -> None:

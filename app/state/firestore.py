@@ -10,6 +10,10 @@ Layout (``{prefix}`` lets several deployments, or test runs, share one project):
         audit/{random id}             AuditRecord fields, ``at`` as a timestamp, plus ``seq``
         pending/{patient_id}          PendingPatient: patient_id, dirty_since (timestamp),
                                       reasons (sorted array), version
+        synced/{patient_id}           {"digests": {name: digest}}, merged per name
+        appointment-index/{appointment_id}~{patient_id}
+                                      {appointment_id, patient_id}: one pair per appointment a
+                                      patient's recorded entry contained
     {prefix}-leases/{name}                            name, owner, expires_at (timestamp)
     {prefix}-dead-letters/{message_id}                DeadLetter fields, dead_lettered_at as a
                                                       timestamp (the dead-letter index)
@@ -181,6 +185,7 @@ class FirestoreStateStore:
             plan=WritePlan.model_validate_json(plan) if plan is not None else None,
             outcome=data["outcome"],
             updated_at=_from_firestore(data["updated_at"]),
+            rules=str(data.get("rules") or ""),
         )
 
     def put_patient(self, state: PatientState) -> None:
@@ -200,28 +205,67 @@ class FirestoreStateStore:
         self._set(ref, doc, "write patient state")
 
     def save_run(self, run: RunRecord) -> None:
-        """Insert or update ``run``."""
-        doc = run.model_dump(mode="json")
-        doc["started_at"] = _to_firestore(run.started_at)
-        doc["finished_at"] = _to_firestore(run.finished_at) if run.finished_at else None
-        self._set(self._doc(run.integration_id, self._runs, run.run_id), doc, "save run")
+        """Insert or update ``run`` as SQLite does: an update keeps the counts workers added
+        meanwhile and a finished run stays final (``merge_run``), and a published run whose
+        patients all have their outcome is stored finished (``RunRecord.settle``). A
+        read-check-write cycle: the write is conditional on the document as read."""
+        from app.core.models import merge_run
+
+        ref = self._doc(run.integration_id, self._runs, run.run_id)
+
+        def attempt() -> None:
+            snapshot = self._get(ref, "read run")
+            held = snapshot.to_dict()
+            stored = (
+                run.model_copy(deep=True)
+                if held is None
+                else merge_run(RunRecord.model_validate(_plain_datetimes(held)), run)
+            )
+            stored.settle(datetime.now(UTC))
+            doc = stored.model_dump(mode="json")
+            doc["started_at"] = _to_firestore(stored.started_at)
+            doc["finished_at"] = _to_firestore(stored.finished_at) if stored.finished_at else None
+            if held is None:
+                self._commit(
+                    lambda: ref.create(doc, retry=self._retry, timeout=self._timeout), "save run"
+                )
+                return
+            option = self._client.write_option(last_update_time=snapshot.update_time)
+            self._commit(
+                lambda: ref.update(doc, option=option, retry=self._retry, timeout=self._timeout),
+                "save run",
+            )
+
+        self._until_unchanged("save run", attempt)
 
     def add_run_counts(self, integration_id: str, run_id: str, counts: Counts) -> None:
-        """Server-side increments of the run's ``counts`` map (atomic across writers)."""
-        deltas = {
-            f"counts.{name}": firestore.Increment(value)
-            for name, value in counts.model_dump().items()
-            if value
-        }
-        if not deltas:
+        """Add ``counts`` in a read-check-write cycle conditional on the run as read (atomic
+        across writers); the update that completes a published run marks it finished, and a
+        finished run's counts no longer change."""
+        if not any(counts.model_dump().values()):
             return
         ref = self._doc(integration_id, self._runs, run_id)
-        try:
-            ref.update(deltas, retry=self._retry, timeout=self._timeout)
-        except gexc.NotFound:
-            return  # no such run (e.g. a replayed item whose run was pruned)
-        except (gexc.GoogleAPIError, auth_exc.GoogleAuthError) as exc:
-            raise convert_error(exc, "add run counts") from exc
+
+        def attempt() -> None:
+            snapshot = self._get(ref, "read run")
+            held = snapshot.to_dict()
+            if held is None:
+                return  # no such run (e.g. a replayed item whose run was pruned)
+            run = RunRecord.model_validate(_plain_datetimes(held))
+            if run.status == "finished":
+                return
+            run.counts = run.counts.add(counts)
+            change: dict[str, Any] = {"counts": run.counts.model_dump(mode="json")}
+            if run.settle(datetime.now(UTC)) and run.finished_at is not None:
+                change["status"] = run.status
+                change["finished_at"] = _to_firestore(run.finished_at)
+            option = self._client.write_option(last_update_time=snapshot.update_time)
+            self._commit(
+                lambda: ref.update(change, option=option, retry=self._retry, timeout=self._timeout),
+                "add run counts",
+            )
+
+        self._until_unchanged("add run counts", attempt)
 
     def list_runs(self, integration_id: str | None = None, limit: int = 20) -> list[RunRecord]:
         """Most recent first (by ``started_at``); all integrations when ``integration_id`` is
@@ -256,6 +300,25 @@ class FirestoreStateStore:
         doc["at"] = _to_firestore(record.at)
         doc["seq"] = f"{_CLOCK.next():020d}-{ref.id}"
         self._set(ref, doc, "append audit record")
+
+    def get_synced(self, integration_id: str, patient_id: str) -> dict[str, str]:
+        """The patient's digests by name."""
+        ref = self._doc(integration_id, "synced", patient_id)
+        with _vendor_errors("read synced digests"):
+            data = ref.get(retry=self._retry, timeout=self._timeout).to_dict()
+        digests = (data or {}).get("digests") or {}
+        return {str(k): str(v) for k, v in digests.items()}
+
+    def put_synced(self, integration_id: str, patient_id: str, digests: Mapping[str, str]) -> None:
+        """A merge write: the server replaces each given name's field and keeps the others
+        (names are quoted as field paths by the client, so any text is one field)."""
+        if not digests:
+            return
+        ref = self._doc(integration_id, "synced", patient_id)
+        with _vendor_errors("write synced digests"):
+            ref.set(
+                {"digests": dict(digests)}, merge=True, retry=self._retry, timeout=self._timeout
+            )
 
     def list_audit(self, integration_id: str, patient_id: str | None = None) -> list[AuditRecord]:
         """Audit records in the order they were written (see ``seq`` above)."""
@@ -404,6 +467,43 @@ class FirestoreStateStore:
                 batch.delete(self._dead_letter(message_id))
             with _vendor_errors("remove dead letters"):
                 batch.commit(retry=self._retry, timeout=self._timeout)
+
+    def index_appointments(
+        self, integration_id: str, patient_id: str, appointment_ids: Sequence[str]
+    ) -> None:
+        """Replace the patient's pairs: stale ones deleted, new ones set, 500 writes per
+        atomic batch (a larger set is not atomic as a whole; a retried call converges).
+        Callers hold the patient's lease, so no two writers index one patient at once."""
+        index = self._integration(integration_id).collection("appointment-index")
+        query = index.where(filter=firestore.FieldFilter("patient_id", "==", patient_id))
+        stored = {str(d["appointment_id"]) for d in self._stream(query, "read appointment index")}
+        wanted = set(appointment_ids)
+        writes = [(a, False) for a in sorted(stored - wanted)]
+        writes += [(a, True) for a in sorted(wanted - stored)]
+        for start in range(0, len(writes), _MAX_BATCH_WRITES):
+            batch = self._client.batch()
+            for appointment_id, add in writes[start : start + _MAX_BATCH_WRITES]:
+                ref = index.document(f"{_doc_id(appointment_id)}~{_doc_id(patient_id)}")
+                if add:
+                    batch.set(ref, {"appointment_id": appointment_id, "patient_id": patient_id})
+                else:
+                    batch.delete(ref)
+            with _vendor_errors("write appointment index"):
+                batch.commit(retry=self._retry, timeout=self._timeout)
+
+    def patients_for_appointments(
+        self, integration_id: str, appointment_ids: Sequence[str]
+    ) -> dict[str, list[str]]:
+        """``in`` queries of 30 appointment ids (Firestore's cap on ``in`` values)."""
+        index = self._integration(integration_id).collection("appointment-index")
+        ids = list(dict.fromkeys(appointment_ids))
+        out: dict[str, list[str]] = {a: [] for a in ids}
+        for start in range(0, len(ids), 30):
+            chunk = ids[start : start + 30]
+            query = index.where(filter=firestore.FieldFilter("appointment_id", "in", chunk))
+            for doc in self._stream(query, "read appointment index"):
+                out[str(doc["appointment_id"])].append(str(doc["patient_id"]))
+        return {a: sorted(patients) for a, patients in out.items()}
 
     def close(self) -> None:
         """Close the client."""

@@ -6,11 +6,11 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from app.core.models import Counts, RunRecord
+from app.core.models import Counts, RunRecord, merge_run
 from app.state.base import AuditRecord, DeadLetter, PatientState, PendingPatient
 
 
@@ -44,6 +44,16 @@ CREATE TABLE IF NOT EXISTS dead_letters (
   body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters (dead_lettered_at, message_id);
+CREATE TABLE IF NOT EXISTS appointment_index (
+  integration_id TEXT NOT NULL, appointment_id TEXT NOT NULL, patient_id TEXT NOT NULL,
+  PRIMARY KEY (integration_id, appointment_id, patient_id)
+);
+CREATE INDEX IF NOT EXISTS appointment_index_by_patient
+  ON appointment_index (integration_id, patient_id);
+CREATE TABLE IF NOT EXISTS synced (
+  integration_id TEXT NOT NULL, patient_id TEXT NOT NULL, name TEXT NOT NULL,
+  digest TEXT NOT NULL, PRIMARY KEY (integration_id, patient_id, name)
+);
 CREATE TABLE IF NOT EXISTS audit (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, integration_id TEXT NOT NULL, patient_id TEXT NOT NULL,
   body TEXT NOT NULL
@@ -81,12 +91,34 @@ class SqliteStateStore:
             )
 
     def save_run(self, run: RunRecord) -> None:
-        """Insert or update ``run``."""
+        """Insert or update ``run`` in one immediate transaction: an update keeps the counts
+        workers added meanwhile and a finished run stays final (``merge_run``), and a published
+        run whose patients all have their outcome is stored finished (``RunRecord.settle``)."""
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO runs VALUES (?,?,?,?)",
-                (run.run_id, run.integration_id, run.started_at.isoformat(), run.model_dump_json()),
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT body FROM runs WHERE run_id=?", (run.run_id,)
+                ).fetchone()
+                stored = (
+                    merge_run(RunRecord.model_validate_json(row[0]), run)
+                    if row
+                    else run.model_copy(deep=True)
+                )
+                stored.settle(datetime.now(UTC))
+                self._db.execute(
+                    "INSERT OR REPLACE INTO runs VALUES (?,?,?,?)",
+                    (
+                        stored.run_id,
+                        stored.integration_id,
+                        stored.started_at.isoformat(),
+                        stored.model_dump_json(),
+                    ),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def list_runs(self, integration_id: str | None = None, limit: int = 20) -> list[RunRecord]:
         """Most recent first."""
@@ -101,7 +133,9 @@ class SqliteStateStore:
         return [RunRecord.model_validate_json(r[0]) for r in rows]
 
     def add_run_counts(self, integration_id: str, run_id: str, counts: Counts) -> None:
-        """Read-modify-write in one immediate transaction (atomic across processes)."""
+        """Read-modify-write in one immediate transaction (atomic across processes); the
+        update that completes a published run marks it finished, and a finished run's counts
+        no longer change (a late duplicate delivery is not counted twice)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -111,10 +145,13 @@ class SqliteStateStore:
                 ).fetchone()
                 if row is not None:
                     run = RunRecord.model_validate_json(row[0])
-                    run.counts = run.counts.add(counts)
-                    self._db.execute(
-                        "UPDATE runs SET body=? WHERE run_id=?", (run.model_dump_json(), run_id)
-                    )
+                    if run.status != "finished":
+                        run.counts = run.counts.add(counts)
+                        run.settle(datetime.now(UTC))
+                        self._db.execute(
+                            "UPDATE runs SET body=? WHERE run_id=?",
+                            (run.model_dump_json(), run_id),
+                        )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -143,6 +180,23 @@ class SqliteStateStore:
             self._db.execute(
                 "INSERT INTO audit(integration_id, patient_id, body) VALUES (?,?,?)",
                 (record.integration_id, record.patient_id, record.model_dump_json()),
+            )
+
+    def get_synced(self, integration_id: str, patient_id: str) -> dict[str, str]:
+        """The patient's digests by name."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT name, digest FROM synced WHERE integration_id=? AND patient_id=?",
+                (integration_id, patient_id),
+            ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def put_synced(self, integration_id: str, patient_id: str, digests: Mapping[str, str]) -> None:
+        """Upsert one row per name."""
+        with self._lock:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO synced VALUES (?,?,?,?)",
+                [(integration_id, patient_id, k, v) for k, v in digests.items()],
             )
 
     def list_audit(self, integration_id: str, patient_id: str | None = None) -> list[AuditRecord]:
@@ -261,6 +315,41 @@ class SqliteStateStore:
             self._db.executemany(
                 "DELETE FROM dead_letters WHERE message_id=?", [(m,) for m in message_ids]
             )
+
+    def index_appointments(
+        self, integration_id: str, patient_id: str, appointment_ids: Sequence[str]
+    ) -> None:
+        """Replace the patient's indexed appointments in one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "DELETE FROM appointment_index WHERE integration_id=? AND patient_id=?",
+                    (integration_id, patient_id),
+                )
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO appointment_index VALUES (?,?,?)",
+                    [(integration_id, a, patient_id) for a in dict.fromkeys(appointment_ids)],
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def patients_for_appointments(
+        self, integration_id: str, appointment_ids: Sequence[str]
+    ) -> dict[str, list[str]]:
+        """One indexed lookup per appointment."""
+        out: dict[str, list[str]] = {}
+        with self._lock:
+            for appointment_id in dict.fromkeys(appointment_ids):
+                rows = self._db.execute(
+                    "SELECT patient_id FROM appointment_index"
+                    " WHERE integration_id=? AND appointment_id=? ORDER BY patient_id",
+                    (integration_id, appointment_id),
+                ).fetchall()
+                out[appointment_id] = [r[0] for r in rows]
+        return out
 
     def close(self) -> None:
         """Close the database."""

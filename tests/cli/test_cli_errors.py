@@ -230,7 +230,7 @@ def test_runs_fit_80_columns_without_cutting_ids(tmp_path):
     assert max(len(line) for line in done.stdout.splitlines()) <= 80
     assert f"run  {run_id}" in done.stdout  # too wide for a table: one line per field
     assert "UTC" in done.stdout  # times carry their zone
-    wide = run_cli("--data-dir", str(data), "runs", env={"COLUMNS": "200", "TZ": "UTC"})
+    wide = run_cli("--data-dir", str(data), "runs", env={"COLUMNS": "300", "TZ": "UTC"})
     assert wide.returncode == 0, wide.stderr
     assert run_id in wide.stdout
     assert "┃" in wide.stdout

@@ -31,7 +31,8 @@ from app.core.errors import (
 )
 from app.resilience.retry import Backoff, RetryPolicy
 from connectors.base import Scope, Write
-from connectors.mongodb import DIGEST, INDEX_NAME, MongoConnector
+from connectors.mongodb import DIGEST, MongoConnector
+from connectors.mongodb_errors import INDEX_NAME
 from tests.contracts.targets_mongodb import MOCK_URI, REAL_URL_VARIABLE, CountingClient
 
 AT = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)

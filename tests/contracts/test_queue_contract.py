@@ -174,6 +174,35 @@ def test_nack_with_delay_hides_the_message_for_that_long(env):
     assert (again.data, again.delivery_attempt) == (b"x", 2)
 
 
+def test_extend_keeps_a_lease_past_its_ack_deadline(env):
+    """A worker still on a message (a Message Batch pending) extends its lease: the message
+    stays invisible past the subscription's deadline, and the first lease's ack still works."""
+    q = env.queue
+    q.publish(env.topic, b"x")
+    (m,) = pull_n(q, env.all, 1)
+    leased_at = time.monotonic()
+    for _ in range(3):  # extend at half the deadline, three times: 1.5 deadlines past the first
+        time.sleep(env.lease_seconds / 2)
+        q.extend(env.all, [m.ack_id], env.lease_seconds)
+    assert time.monotonic() - leased_at > env.lease_seconds + 0.2
+    assert q.pull(env.all) == []  # still leased, not redelivered
+    q.ack(env.all, [m.ack_id])
+    time.sleep(env.lease_seconds + 0.5)
+    assert q.pull(env.all) == []  # acked with the extended lease: gone for good
+
+
+def test_extend_ignores_settled_messages(env):
+    """Extending an acked or nacked message changes nothing: a nacked one is still offered."""
+    q = env.queue
+    q.publish_many(env.topic, [(b"acked", {}), (b"nacked", {})])
+    got = {m.data: m for m in pull_n(q, env.all, 2)}
+    q.ack(env.all, [got[b"acked"].ack_id])
+    q.nack(env.all, [got[b"nacked"].ack_id])
+    q.extend(env.all, [got[b"acked"].ack_id, got[b"nacked"].ack_id], env.lease_seconds)
+    again = pull_n(q, env.all, 1, timeout=env.lease_seconds / 2)  # before an extension ends
+    assert [(m.data, m.delivery_attempt) for m in again] == [(b"nacked", 2)]
+
+
 def test_exhausted_messages_go_to_the_dead_letter_topic(env):
     q = env.queue
     q.publish(env.topic, b"x", {"k": "v"})

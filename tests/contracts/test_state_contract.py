@@ -702,3 +702,61 @@ def test_run_counts_add_up_from_several_writers(open_store):
     )
     assert stored.patients == 3
     assert [r.run_id for r in first.list_runs("clinic-a")] == ["r1"]
+
+
+def test_the_appointment_index_answers_who_held_an_appointment(open_store):
+    first, second = open_store(), open_store()
+    first.index_appointments("clinic-a", "1001", ["a-1", "a-2", "a-2"])
+    first.index_appointments("clinic-a", "1002", ["a-2"])
+    first.index_appointments("clinic-b", "1001", ["a-1"])  # another clinic's index is its own
+    assert second.patients_for_appointments("clinic-a", ["a-1", "a-2", "a-9"]) == {
+        "a-1": ["1001"],
+        "a-2": ["1001", "1002"],
+        "a-9": [],
+    }
+    # a new record replaces the patient's set: what its entry no longer holds is forgotten
+    second.index_appointments("clinic-a", "1001", ["a-3"])
+    assert first.patients_for_appointments("clinic-a", ["a-1", "a-2", "a-3"]) == {
+        "a-1": [],
+        "a-2": ["1002"],
+        "a-3": ["1001"],
+    }
+    first.index_appointments("clinic-a", "1002", [])
+    assert first.patients_for_appointments("clinic-a", ["a-2"]) == {"a-2": []}
+    assert first.patients_for_appointments("clinic-b", ["a-1"]) == {"a-1": ["1001"]}
+    assert first.patients_for_appointments("clinic-a", []) == {}
+
+
+def test_the_appointment_index_takes_any_id_and_large_sets(store):
+    odd = ["a/b", "_x_", "ü", "%41", "A"]  # ids that could collide once escaped
+    store.index_appointments("clinic-a", "p/1", odd)
+    found = store.patients_for_appointments("clinic-a", [*odd, "a"])
+    assert found == {**{a: ["p/1"] for a in odd}, "a": []}
+    many = [f"appt-{n}" for n in range(620)]  # over one 500-write batch, many 30-id queries
+    store.index_appointments("clinic-a", "1001", many)
+    found = store.patients_for_appointments("clinic-a", many)
+    assert all(found[a] == ["1001"] for a in many)
+    store.index_appointments("clinic-a", "1001", many[:5])
+    found = store.patients_for_appointments("clinic-a", many)
+    assert sum(1 for a in many if found[a]) == 5
+
+
+# --- synced digests (loop prevention, workers.reverse_ledger) ------------------------------
+
+
+def test_synced_digests_merge_by_name_and_stay_per_patient(open_store):
+    first, second = open_store(), open_store()  # two processes over one state
+    assert first.get_synced("clinic-a", "1001") == {}
+    names = {"crm:email": "d1", "crm:phone": "d2", "a.b/c": "d3", "`x` y": "d4"}
+    first.put_synced("clinic-a", "1001", names)
+    assert second.get_synced("clinic-a", "1001") == names
+    # a later write replaces the names it gives and keeps the others
+    second.put_synced("clinic-a", "1001", {"crm:email": "d9"})
+    assert first.get_synced("clinic-a", "1001") == {**names, "crm:email": "d9"}
+    first.put_synced("clinic-a", "1001", {})
+    assert first.get_synced("clinic-a", "1001")["crm:email"] == "d9"
+    assert first.get_synced("clinic-a", "1002") == {}
+    assert first.get_synced("clinic-b", "1001") == {}
+    first.put_synced("clinic-a", "p/1", {"crm:email": "z"})
+    assert first.get_synced("clinic-a", "p") == {}
+    assert first.get_synced("clinic-a", "p/1") == {"crm:email": "z"}

@@ -46,7 +46,7 @@ def test_headers_and_batching():
     headers = seen[0].headers
     assert headers["authorization"] == "Basic k1"
     assert headers["authorizationsource"] == "API"
-    assert headers["healthie-graphql-api-version"] == "2026-01-01"
+    assert headers["healthie-graphql-api-version"] == "2026-07-01"
     assert headers["authorizationshard"] == "shard-9"
     assert "PatientEntry" in json.loads(seen[0].content)["query"]
 

@@ -42,7 +42,7 @@ def test_every_operation_validates_against_the_live_published_schema(published_i
     seen: list[httpx2.Request] = []
     schema = check_operations_against_live_schema(make(serving(published_introspection, seen)))
     assert "User" in schema.type_map
-    assert seen[0].headers["healthie-graphql-api-version"] == "2026-01-01"
+    assert seen[0].headers["healthie-graphql-api-version"] == "2026-07-01"
 
 
 def test_a_removed_field_names_the_operations_that_use_it(published_introspection):

@@ -39,6 +39,22 @@ def test_merge_marks_destination_and_source():
     assert [(m.subject_id, m.merged_into) for m in out] == [("1234", None), ("5678", "1234")]
 
 
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"destination_user_id": "1234"}, [("1234", None)]),  # no source named: nothing to drop
+        ({"destination_user_id": "1234", "source_user_id": "1234"}, [("1234", None)]),
+        ({"source_user_id": "5678"}, [("922143", None), ("5678", "922143")]),
+    ],
+)
+def test_merge_marks_what_the_payload_names(extra, expected):
+    body = {"resource_id": "922143", "resource_id_type": "User", "event_type": "patient.merged"}
+    out = marks({**body, **extra})
+    assert [(m.subject_kind, m.subject_id, m.merged_into) for m in out] == [
+        (SubjectKind.PATIENT, s, into) for s, into in expected
+    ]
+
+
 def test_applied_tag_uses_user_id_or_marks_the_tag():
     with_user = marks(
         {

@@ -62,6 +62,8 @@ def test_cli_prints_one_json_counts_line(tmp_path):
         "writes",
         "dead_lettered",
         "retried",
+        "not_found",
+        "waiting",
     ]
     assert counts["processed"] > 0
 

@@ -31,12 +31,13 @@ expired and returns it, so it cannot be configured in advance::
 
     1. check the webhook has retries on (``sync`` does it): a delivery refused during the switch
        is then retried instead of lost;
-    2. rotate_secret(client, [webhook_id]) -> the new secret; store it under a NEW ref;
-    3. add that ref to healthie.webhook_secrets *alongside* the old one and reload: both are
-       accepted, so deliveries signed before the expiry (retries in flight) still verify;
-    4. send_test + confirm_arrival: a delivery signed with the new secret is accepted;
-    5. wait out in-flight retries (Healthie retries for up to 3 days; ``webhook_warnings``
-       shows failures), then remove the old ref and delete the old secret.
+    2. rotate_and_store(client, config, [webhook_id], store) -> Healthie's new secret, stored
+       as the next version of the signing-secret reference (the last of
+       healthie.webhook_secrets): every enabled version is accepted, so deliveries signed
+       before the expiry (retries in flight) still verify;
+    3. send_test + confirm_arrival: a delivery signed with the new secret is accepted;
+    4. wait out in-flight retries (Healthie retries for up to 3 days; ``webhook_warnings``
+       shows failures), then ``healthie-sync secrets prune REF --yes`` destroys the old one.
 
 :func:`rotation_steps` prints this for one integration. Nothing here logs or prints a secret:
 models hold them as ``SecretStr`` fields excluded from dumps, output shows fingerprints.
@@ -65,9 +66,13 @@ from app.healthie.registration.plan import (
 from app.healthie.registration.remote import RegisteredWebhook, list_webhooks
 from app.healthie.registration.rotation import (
     Rotation,
+    StoredSecret,
     default_new_ref,
+    rotate_and_store,
     rotate_secret,
     rotation_steps,
+    signing_ref,
+    sync_and_store,
 )
 from app.healthie.registration.status import (
     LifecycleStatus,
@@ -100,6 +105,10 @@ __all__ = [
     "plan_webhooks",
     "receiver_intake",
     "rotate_secret",
+    "rotate_and_store",
+    "signing_ref",
+    "StoredSecret",
+    "sync_and_store",
     "rotation_steps",
     "send_test",
     "webhook_status",

@@ -1,0 +1,1 @@
+"""Structured logs, metrics, alert policies and the Healthie API version lifecycle."""
