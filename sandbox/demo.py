@@ -86,10 +86,13 @@ def run_demo(
     console: Say | None = None,
     target: str = "sqlite",
     dsn: str | None = None,
+    hubspot_url: str | None = None,
 ) -> Counts:
     """Run the demo once and return its counts. ``target`` is where the warehouse goes:
-    sqlite (default), csv, jsonl, excel or parquet under the data directory with no server, or
-    postgres at ``dsn`` (``postgresql://user:password@host:port/db``)."""
+    sqlite (default), csv, jsonl, excel or parquet under the data directory with no server,
+    postgres at ``dsn`` (``postgresql://user:password@host:port/db``), or hubspot at
+    ``hubspot_url`` (HubSpot, or a mock serving its contacts and properties APIs; the token
+    from ``HEALTHIE_SYNC_DEMO_HUBSPOT_TOKEN``) with the two-way example's forward plan."""
     from sandbox.core import Sandbox
     from sandbox.server import create_app as create_sandbox_app
 
@@ -99,7 +102,7 @@ def run_demo(
     if reset and data.exists():
         shutil.rmtree(data)
     data.mkdir(parents=True, exist_ok=True)
-    warehouse, secrets = demo_target(target, data, dsn)
+    warehouse, secrets = demo_target(target, data, dsn, hubspot_url)
 
     with httpx2.Client(timeout=10) as http:
         console.print(f"[bold]healthie-sync demo[/]: {patients} synthetic patients, seed {seed}")
@@ -121,11 +124,36 @@ def run_demo(
 
 
 FILE_TARGETS = ("csv", "jsonl", "excel", "parquet")
-TARGETS = ("sqlite", *FILE_TARGETS, "postgres")
+TARGETS = ("sqlite", *FILE_TARGETS, "postgres", "hubspot")
+#: the two-way example's forward plan: patients as HubSpot contacts (target "crm")
+HUBSPOT_PLAN = (
+    Path(__file__).resolve().parents[1] / "prompts" / "plans" / "hubspot-clinic.plan.json"
+)
 
 
-def demo_target(target: str, data: Path, dsn: str | None) -> tuple[TargetConfig, dict[str, str]]:
+def demo_target(
+    target: str, data: Path, dsn: str | None, hubspot_url: str | None = None
+) -> tuple[TargetConfig, dict[str, str]]:
     """The demo's warehouse target and its secrets (by secret reference)."""
+    if target == "hubspot":
+        if not hubspot_url:
+            raise ConfigurationError(
+                "demo --target hubspot needs --hubspot-url (HubSpot's API, or a mock serving "
+                "its contacts and properties APIs)"
+            )
+        import os
+
+        token = os.environ.get("HEALTHIE_SYNC_DEMO_HUBSPOT_TOKEN", "pat-demo-token")
+        return TargetConfig(
+            name="crm",
+            connector="hubspot",
+            options={
+                "api_url": hubspot_url,
+                "id_property": "healthie_patient_id",
+                "match": ["email", "phone"],
+            },
+            credentials={"access_token": "demo-clinic/hubspot-token"},
+        ), {"demo-clinic/hubspot-token": token}
     if target == "sqlite":
         return TargetConfig(
             name="warehouse", connector="sqlite", options={"path": str(data / "warehouse.db")}
@@ -157,12 +185,16 @@ def _runtime(
     data: Path, sandbox_url: str, warehouse: TargetConfig, secrets: dict[str, str]
 ) -> Runtime:
     integration = load_integration(DEMO_CONFIG)
+    agent = integration.agent
+    if warehouse.connector == "hubspot":
+        agent = agent.model_copy(update={"plan": HUBSPOT_PLAN})
     integration = integration.model_copy(
         update={
             "healthie": integration.healthie.model_copy(
                 update={"api_url": f"{sandbox_url}/graphql"}
             ),
             "targets": [warehouse],
+            "agent": agent,
         }
     )
     store = MemorySecretStore(

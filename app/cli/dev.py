@@ -34,13 +34,23 @@ def demo(
     seed: int = typer.Option(7, help="Seed of the synthetic organization."),
     reset: bool = typer.Option(False, help="Forget previous demo state first."),
     target: str = typer.Option(
-        "sqlite", help="sqlite | csv | jsonl | excel | parquet (no server) | postgres."
+        "sqlite",
+        help="sqlite | csv | jsonl | excel | parquet (no server) | postgres | hubspot.",
     ),
     dsn: str | None = typer.Option(None, help="With --target postgres: postgresql://..."),
+    hubspot_url: str | None = typer.Option(
+        None, help="With --target hubspot: HubSpot's API base URL (or a mock of it)."
+    ),
 ) -> None:
     """Run the main job end to end on embedded defaults (no network, no credentials)."""
     counts = _dev_module("sandbox.demo").run_demo(
-        patients=patients, changes=changes, seed=seed, reset=reset, target=target, dsn=dsn
+        patients=patients,
+        changes=changes,
+        seed=seed,
+        reset=reset,
+        target=target,
+        dsn=dsn,
+        hubspot_url=hubspot_url,
     )
     typer.echo(json.dumps(counts.model_dump()))
 

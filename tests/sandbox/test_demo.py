@@ -12,6 +12,7 @@ from rich.console import Console
 
 from sandbox.demo import run_demo
 from tests.servers.postgres import postgres_server  # noqa: F401 F811 - the fixture
+from tests.servers.prism import prism_hubspot_contacts, prism_hubspot_properties  # noqa: F401
 
 pytestmark = pytest.mark.e2e
 
@@ -143,3 +144,51 @@ def test_a_second_demo_run_adds_no_rows_to_postgres(tmp_path, postgres_server): 
     assert second.processed == 0
     with postgres_server.connect(database) as conn:
         assert conn.execute("SELECT COUNT(*) FROM patients").fetchone()[0] == count
+
+
+def test_the_demo_syncs_patients_to_hubspot_contacts(
+    tmp_path,
+    prism_hubspot_contacts,  # noqa: F811
+    prism_hubspot_properties,  # noqa: F811
+):
+    """``demo --target hubspot --hubspot-url URL``: against the HubSpot router in front of Prism
+    (every request validated against HubSpot's contacts and properties definitions), each
+    changed patient is one contact upsert in a batch, and a second run sends none."""
+    import io
+
+    from app.service.serving import serve_in_thread
+    from tests.servers.hubspot import assert_valid_since, marks
+    from tests.workers.test_reverse_fixtures import ReadingRouter
+
+    router = ReadingRouter(prism_hubspot_contacts, prism_hubspot_properties)
+    quiet = Console(file=io.StringIO())
+    with serve_in_thread(router.app()) as url:
+        router.url = url
+        before = marks(router)
+        first = run_demo(
+            patients=40,
+            changes=10,
+            seed=5,
+            data_dir=tmp_path,
+            console=quiet,
+            target="hubspot",
+            hubspot_url=url,
+        )
+        upserts = [s for s in router.sent if s.path.endswith("/contacts/batch/upsert")]
+        second = run_demo(
+            patients=40,
+            changes=10,
+            seed=5,
+            data_dir=tmp_path,
+            console=quiet,
+            target="hubspot",
+            hubspot_url=url,
+        )
+        again = [s for s in router.sent if s.path.endswith("/contacts/batch/upsert")]
+        assert_valid_since(router, before)
+    router._client.close()
+    assert first.processed > 0
+    assert first.dead_lettered == 0
+    assert 1 <= len(upserts) <= first.processed  # batched: one request for many contacts
+    assert second.processed == 0
+    assert len(again) == len(upserts)  # nothing changed, nothing sent
