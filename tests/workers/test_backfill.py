@@ -21,7 +21,7 @@ from workers.consumer import drain
 from workers.flusher import flush
 
 PLAN = REPO / "prompts" / "plans" / "demo-clinic.plan.json"
-PATIENTS = 60
+PATIENTS = 200  # the sandbox default, as the issue states it
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_a_backfill_writes_every_patient_once_and_a_rules_change_rewrites_them(t
         assert not was_backfilled(rt.state, "demo-clinic")
         progress = backfill(rt.state, rt.healthie("demo-clinic"), "demo-clinic", chunk_size=25)
         assert progress.marked == PATIENTS
-        assert progress.pages == 1  # 60 ids fit one page of 100
+        assert progress.pages == 2  # 100 ids a page
         assert run_once(rt) == (PATIENTS, PATIENTS)
         assert warehouse_patients(tmp_path) == PATIENTS
         # a second backfill marks everyone, and none is written again
