@@ -344,6 +344,15 @@ class Connector:
         """True when this target deletes records of items gone from the entry."""
         return getattr(self.options, "mode", "upsert") == "mirror"
 
+    def follow_ups(
+        self, write: Write, result: WriteResult
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        """Writes the pipeline executes after ``write`` succeeded, as (target, operation,
+        arguments): a check whose answer the plan routes to another target (an eligibility
+        summary into a warehouse row). Validated like the plan's own writes, for the same
+        patient. None by default."""
+        return []
+
     def probe(self) -> str | None:
         """A harmless read proving the target answers with these options and credentials
         (``healthie-sync doctor``); returns what was checked, or None when the connector

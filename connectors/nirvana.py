@@ -52,7 +52,6 @@ import httpx2
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.errors import (
-    ConfigurationError,
     HealthieSyncError,
     InvalidResponse,
     RateLimited,
@@ -61,7 +60,12 @@ from app.core.errors import (
 )
 from connectors import http
 from connectors.base import Connector, OperationSpec, Write, WriteResult
-from connectors.stedi_eligibility import CheckEligibility, EligibilityResult, EligibilitySummary
+from connectors.stedi_eligibility import (
+    CheckEligibility,
+    EligibilityResult,
+    EligibilitySummary,
+    follow_up,
+)
 
 API_URL = "https://coverage-api.meetnirvana.com/v1"
 WINDOW = 60.0  # seconds of Nirvana's rate-limit window (Best Practices)
@@ -114,16 +118,19 @@ class NirvanaConnector(Connector):
         assert isinstance(self.options, NirvanaOptions)
         return self.options
 
+    def follow_ups(
+        self, write: Write, result: WriteResult
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        """The check's summary as a row of the plan's ``write_back`` target, if it asked."""
+        if isinstance(result, EligibilityResult):
+            routed = follow_up(write, result)
+            return [routed] if routed is not None else []
+        return []
+
     @classmethod
     def check_args(cls, options: BaseModel, operation: str, args: BaseModel) -> BaseModel:
-        """Refuse a write-back the pipeline cannot route yet (see stedi_eligibility)."""
+        """The check's arguments (``write_back`` is routed by the pipeline: follow_ups)."""
         assert isinstance(args, CheckEligibility)
-        if args.write_back is not None:
-            raise ConfigurationError(
-                f"nirvana.{operation}: write_back needs the pipeline to route a check's "
-                "result to another target, which it does not do yet; drop write_back (the "
-                "summary stays in the check's result)"
-            )
         return args
 
     def request_body(self, args: CheckEligibility) -> dict[str, Any]:

@@ -63,6 +63,7 @@ from connectors.stedi_eligibility import (
     CheckEligibility,
     EligibilityResult,
     eligibility_request,
+    follow_up,
     rejection_codes,
     summarize_271,
 )
@@ -70,11 +71,6 @@ from connectors.stedi_eligibility import (
 API_URL = "https://healthcare.us.stedi.com/2024-04-01"
 ELIGIBILITY = "/change/medicalnetwork/eligibility/v3"
 CLAIMS = "/change/medicalnetwork/professionalclaims/v3/submission"
-WRITE_BACK_MISSING = (
-    "write_back needs the pipeline to route a check's result to another target, which it "
-    "does not do yet; drop write_back (the summary stays in the check's result) or see "
-    "connectors/stedi_eligibility.py"
-)
 
 
 class StediOptions(BaseModel):
@@ -123,15 +119,22 @@ class StediConnector(Connector):
         assert isinstance(self.options, StediOptions)
         return self.options
 
+    def follow_ups(
+        self, write: Write, result: WriteResult
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        """The check's summary as a row of the plan's ``write_back`` target, if it asked."""
+        if isinstance(result, EligibilityResult):
+            routed = follow_up(write, result)
+            return [routed] if routed is not None else []
+        return []
+
     @classmethod
     def check_args(cls, options: BaseModel, operation: str, args: BaseModel) -> BaseModel:
-        """Refuse what cannot be done honestly: a write-back the pipeline cannot route, a
-        claim without the contract to check it, a claim that breaks the contract."""
+        """Refuse what cannot be done honestly: a claim without the contract to check it, a
+        claim that breaks the contract."""
         assert isinstance(options, StediOptions)
         if isinstance(args, CheckEligibility):
-            if args.write_back is not None:
-                raise ConfigurationError(f"stedi.{operation}: {WRITE_BACK_MISSING}")
-            return args
+            return args  # write_back is routed by the pipeline (follow_ups)
         assert isinstance(args, SubmitClaim)
         if options.claim_contract is None:
             raise ConfigurationError(

@@ -12,15 +12,12 @@ and the compact summary of a 271 (or of Nirvana's answer) that a check returns.
                                                         remaining), out-of-pocket remaining,
                                                         AAA rejection codes: no free text
     EligibilityResult (a WriteResult)   carries the summary; follow_up() is the write the
-                                        pipeline would route to ``write_back.target``
+                                        pipeline writes to ``write_back.target``
 
-Why a result and not a second write: the pipeline's write stage executes each item's writes
-and keeps only their errors (``workers.pipeline.write``); nothing routes one target's answer
-to another target today. A check therefore returns its summary inside the result
-(:class:`EligibilityResult` subclasses ``WriteResult``, so the pipeline handles it like any
-result), and :func:`follow_up` says exactly what the pipeline would write. Until the pipeline
-routes results, a plan that asks for ``write_back`` is refused with a ConfigurationError naming
-the missing feature (never a check whose result silently goes nowhere).
+A check returns its summary inside its result (:class:`EligibilityResult` subclasses
+``WriteResult``); when the plan gave ``write_back``, :func:`follow_up` is the write the pipeline
+then executes (``Connector.follow_ups``, run by ``workers.pipeline.write`` as a second round,
+validated for the same patient like the plan's own writes).
 
 Amounts are integer cents (Stedi sends dollars as decimal text: "5555.16" -> 555516); Nirvana's
 connector fills the same summary from its own answer (``connectors.nirvana``).

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from app.agent.base import Agent, decide_many, validate_plan
 from app.agent.freshness import is_stale
 from app.core.config import Integration
-from app.core.errors import HealthieSyncError, PatientNotFound
+from app.core.errors import HealthieSyncError, PatientNotFound, PlanValidationError
 from app.core.models import Entry, WorkItem, WritePlan
 from app.healthie.client import HealthieClient
 from app.healthie.entry import canonicalize, content_hash
@@ -291,20 +291,65 @@ def write(
     for n, writes in enumerate(batches):
         for w in writes:
             by_target.setdefault(w.target, []).append((n, w))
+    routed: list[list[Write]] = [[] for _ in batches]
     for target, owned in by_target.items():
-        results = built[target].execute_batch([w for _, w in owned])
-        for (n, _), result in zip(owned, results, strict=True):
+        connector = built[target]
+        results = connector.execute_batch([w for _, w in owned])
+        for (n, w), result in zip(owned, results, strict=True):
             if result.error is not None:
                 errors[n].append(result.error)
+                continue
+            for follow in connector.follow_ups(w, result):
+                try:
+                    routed[n].append(_follow_up(built, w, follow))
+                except HealthieSyncError as exc:
+                    errors[n].append(exc)
+    _write_follow_ups(built, routed, errors)
     for connector in built.values():
         if not connector.mirrors:
             continue
         for n, writes in enumerate(batches):
             if writes and not errors[n]:
-                error = connector.mirror(writes[0].scope, kept_keys(writes, connector.name))
+                kept = kept_keys([*writes, *routed[n]], connector.name)
+                error = connector.mirror(writes[0].scope, kept)
                 if error is not None:
                     errors[n].append(error)
     return errors
+
+
+def _follow_up(
+    built: Mapping[str, Connector], source: Write, follow: tuple[str, str, dict[str, Any]]
+) -> Write:
+    """A connector's follow-up write (e.g. an eligibility summary for the plan's write_back
+    target), validated exactly like the plan's own: declared operation, typed arguments, the
+    same patient (the security boundary)."""
+    target, operation, args = follow
+    connector = built.get(target)
+    if connector is None:
+        raise PlanValidationError(
+            f"{source.target}.{source.operation}: write_back names no configured target "
+            f"{target!r}; known: {sorted(built)}"
+        )
+    parsed = connector.validate(operation, args, source.scope.patient_id)
+    return Write(source.scope, operation, parsed, target)
+
+
+def _write_follow_ups(
+    built: Mapping[str, Connector],
+    routed: Sequence[Sequence[Write]],
+    errors: list[list[HealthieSyncError]],
+) -> None:
+    """The second round: follow-up writes, one batch per target; their failures are their
+    item's, like the first round's."""
+    by_target: dict[str, list[tuple[int, Write]]] = {}
+    for n, writes in enumerate(routed):
+        for w in writes:
+            by_target.setdefault(w.target, []).append((n, w))
+    for target, owned in by_target.items():
+        results = built[target].execute_batch([w for _, w in owned])
+        for (n, _), result in zip(owned, results, strict=True):
+            if result.error is not None:
+                errors[n].append(result.error)
 
 
 def purge(clients: IntegrationClients, item: WorkItem) -> HealthieSyncError | None:

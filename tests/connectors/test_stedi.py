@@ -256,12 +256,36 @@ def test_claims_need_the_contract_to_be_checked_against(stedi):
     assert stedi.received == []
 
 
-def test_write_back_is_refused_until_the_pipeline_routes_results(stedi):
+def test_the_pipeline_writes_the_summary_where_the_plan_says(stedi):
+    """write_back: the pipeline's write stage runs the check, then the connector's follow-up
+    (the summary as a row of the plan's target), validated for the same patient; a write_back
+    naming an unknown target fails that patient's write with the target named."""
+    from workers.pipeline import write as write_stage
+
     connector = build(stedi)
+    warehouse = MemoryConnector.from_config(
+        "warehouse", {"tables": {"eligibility": ROW_COLUMNS}}, {}
+    )
+    assert isinstance(warehouse, MemoryConnector)
     back = {"target": "warehouse", "table": "eligibility"}
-    with pytest.raises(ConfigurationError, match="write_back"):
-        connector.validate("check_eligibility", {**PATIENT, "write_back": back}, "4242")
-    assert stedi.received == []
+    try:
+        args = connector.validate("check_eligibility", {**PATIENT, "write_back": back}, "4242")
+        routed = Write(check(connector).scope, "check_eligibility", args, "eligibility")
+        built = {"eligibility": connector, "warehouse": warehouse}
+        (errors,) = write_stage(lambda: built, [[routed]])
+        assert errors == []
+        row = warehouse.table("eligibility")["policy-7"]
+        assert row["active"] is True
+        wrong = args.model_copy(
+            update={"write_back": WriteBack(target="nowhere", table="eligibility")}
+        )
+        (errors,) = write_stage(
+            lambda: built, [[Write(routed.scope, routed.operation, wrong, "eligibility")]]
+        )
+        assert len(errors) == 1
+        assert "nowhere" in str(errors[0])
+    finally:
+        connector.close()
 
 
 def test_the_follow_up_write_is_valid_for_a_table_target(stedi):
