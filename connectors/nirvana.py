@@ -64,7 +64,7 @@ from connectors.stedi_eligibility import (
     CheckEligibility,
     EligibilityResult,
     EligibilitySummary,
-    follow_up,
+    RoutesEligibility,
 )
 
 API_URL = "https://coverage-api.meetnirvana.com/v1"
@@ -88,7 +88,7 @@ class NirvanaOptions(BaseModel):
     api_url: str = Field(default=API_URL, pattern=r"^https?://[^\s]+$")
 
 
-class NirvanaConnector(Connector):
+class NirvanaConnector(RoutesEligibility, Connector):
     """Nirvana coverage checks (experimental; see the module docstring)."""
 
     kind: ClassVar[str] = "nirvana"
@@ -117,15 +117,6 @@ class NirvanaConnector(Connector):
         """The options, typed."""
         assert isinstance(self.options, NirvanaOptions)
         return self.options
-
-    def follow_ups(
-        self, write: Write, result: WriteResult
-    ) -> list[tuple[str, str, dict[str, Any]]]:
-        """The check's summary as a row of the plan's ``write_back`` target, if it asked."""
-        if isinstance(result, EligibilityResult):
-            routed = follow_up(write, result)
-            return [routed] if routed is not None else []
-        return []
 
     @classmethod
     def check_args(cls, options: BaseModel, operation: str, args: BaseModel) -> BaseModel:

@@ -62,8 +62,8 @@ from connectors.stedi_claims import ClaimContract, SubmitClaim, idempotency_key
 from connectors.stedi_eligibility import (
     CheckEligibility,
     EligibilityResult,
+    RoutesEligibility,
     eligibility_request,
-    follow_up,
     rejection_codes,
     summarize_271,
 )
@@ -88,7 +88,7 @@ class StediOptions(BaseModel):
     claim_contract: str | None = None
 
 
-class StediConnector(Connector):
+class StediConnector(RoutesEligibility, Connector):
     """Stedi eligibility checks and professional claims (see the module docstring)."""
 
     kind: ClassVar[str] = "stedi"
@@ -118,15 +118,6 @@ class StediConnector(Connector):
         """The options, typed."""
         assert isinstance(self.options, StediOptions)
         return self.options
-
-    def follow_ups(
-        self, write: Write, result: WriteResult
-    ) -> list[tuple[str, str, dict[str, Any]]]:
-        """The check's summary as a row of the plan's ``write_back`` target, if it asked."""
-        if isinstance(result, EligibilityResult):
-            routed = follow_up(write, result)
-            return [routed] if routed is not None else []
-        return []
 
     @classmethod
     def check_args(cls, options: BaseModel, operation: str, args: BaseModel) -> BaseModel:

@@ -150,6 +150,20 @@ def follow_up(write: Write, result: EligibilityResult) -> tuple[str, str, dict[s
     )
 
 
+class RoutesEligibility:
+    """Mixed into the eligibility connectors (Stedi, Nirvana): a check's summary is written
+    where the plan's ``write_back`` says, as a follow-up write (``Connector.follow_ups``)."""
+
+    def follow_ups(
+        self, write: Write, result: WriteResult
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        """The check's summary as a row of the plan's ``write_back`` target, if it asked."""
+        if isinstance(result, EligibilityResult):
+            routed = follow_up(write, result)
+            return [routed] if routed is not None else []
+        return []
+
+
 def d8(day: date) -> str:
     """A date as X12's CCYYMMDD."""
     return day.strftime("%Y%m%d")

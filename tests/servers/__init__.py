@@ -1,14 +1,20 @@
-"""Real servers the tests start themselves (PostgreSQL, moto's S3, the BigQuery fake), and the
-two mechanisms they share: one server per session however many fixture definitions hold it,
-and reaching a server's fixture from code that only has ``request`` (the contract suite)."""
+"""Real servers the tests start themselves (PostgreSQL, moto's S3, Prism, the vendor fakes),
+and what they share: one server per session however many fixture definitions hold it, reaching
+a server's fixture from code that only has ``request`` (the contract suite), and the small
+process helpers (a free port, stopping a process group, a log's tail)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import pytest
@@ -71,3 +77,29 @@ def fixture_for(request: Any, module: str, fixture: str) -> Any:
         if not manager.has_plugin(module):
             manager.register(sys.modules[module], module)
         return request.getfixturevalue(fixture)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server started with ``start_new_session=True`` by its process group (children,
+    such as a JVM or node, go too): SIGTERM, then SIGKILL after 5 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+            return
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    """The last ``lines`` of a log file ("" when it cannot be read)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

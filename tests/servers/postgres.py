@@ -26,7 +26,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -38,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import Shared, fixture_for
+from tests.servers import Shared, fixture_for, free_port
 
 SUPERUSER = "postgres"
 DATABASE = "healthie_sync"
@@ -54,12 +53,6 @@ def postgres_bin() -> Path | None:
 
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=version)
     return Path(found[-1]).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _as_owner(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -204,7 +197,7 @@ def running_postgres(bin_dir: Path) -> Iterator[PostgresServer]:
         )
         pwfile.unlink()
         server = PostgresServer(
-            "127.0.0.1", _free_port(), SUPERUSER, password, DATABASE, root, bin_dir
+            "127.0.0.1", free_port(), SUPERUSER, password, DATABASE, root, bin_dir
         )
         server.start()
         server.create_database(DATABASE)

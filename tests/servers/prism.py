@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -36,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SHARED
-from tests.servers import Shared
+from tests.servers import Shared, free_port, stop_group, tail
 
 ROOT = Path(__file__).resolve().parents[2]
 PRISM = ROOT / "node_modules" / ".bin" / "prism"
@@ -73,28 +71,6 @@ class Prism:
         ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)  # start_new_session: node leads its own group
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
-            return
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 @contextlib.contextmanager
 def running_prism(spec: Path) -> Iterator[Prism]:
     """Start Prism mocking ``spec`` with ``--errors`` on 127.0.0.1; stopped after."""
@@ -105,7 +81,7 @@ def running_prism(spec: Path) -> Iterator[Prism]:
         pytest.skip(f"../shared not found at {SHARED}; {spec.name} is needed for this test")
     if not PRISM.exists():
         require_service(name, f"{PRISM} is missing; run `make test` (npm ci) with Node.js 20")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_dir = Path(tempfile.mkdtemp(prefix="prism-"))
     log_path = log_dir / "prism.log"
@@ -122,15 +98,15 @@ def running_prism(spec: Path) -> Iterator[Prism]:
     try:
         while "Prism is listening" not in log_path.read_text(errors="replace"):
             if proc.poll() is not None:
-                require_service(name, f"it exited with {proc.returncode}:\n{_tail(log_path)}")
+                require_service(name, f"it exited with {proc.returncode}:\n{tail(log_path)}")
             if time.monotonic() - started > START_TIMEOUT:
                 require_service(
-                    name, f"not listening on {url} within {START_TIMEOUT:.0f} s:\n{_tail(log_path)}"
+                    name, f"not listening on {url} within {START_TIMEOUT:.0f} s:\n{tail(log_path)}"
                 )
             time.sleep(0.1)
         yield Prism(url, spec, log_path)
     finally:
-        _stop_group(proc)
+        stop_group(proc)
         for leftover in log_dir.iterdir():
             leftover.unlink()
         log_dir.rmdir()

@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import Shared, fixture_for
+from tests.servers import Shared, fixture_for, free_port, stop_group, tail
 
 START_TIMEOUT = 30.0
 REGION = "us-east-1"
@@ -105,34 +102,12 @@ class MotoS3:
             client.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/moto-api/", timeout=1) as reply:
             return bool(reply.status == 200)
     except (OSError, urllib.error.URLError):
         return False
-
-
-def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)  # start_new_session: the server leads its group
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
-            return
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def _users(url: str) -> tuple[tuple[str, str], tuple[str, str]]:
@@ -183,7 +158,7 @@ def running_moto_s3() -> Iterator[MotoS3]:
         import moto.server  # noqa: F401 - is the server extra installed?
     except ImportError as exc:
         require_service("moto S3 server", f"moto[server] is not installed ({exc})")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_dir = Path(tempfile.mkdtemp(prefix="moto-"))
     log_path = log_dir / "moto.log"
@@ -200,18 +175,18 @@ def running_moto_s3() -> Iterator[MotoS3]:
         while not _answers(url):
             if proc.poll() is not None:
                 require_service(
-                    "moto S3 server", f"it exited with {proc.returncode}:\n{_tail(log_path)}"
+                    "moto S3 server", f"it exited with {proc.returncode}:\n{tail(log_path)}"
                 )
             if time.monotonic() - started > START_TIMEOUT:
                 require_service(
                     "moto S3 server",
-                    f"no answer on {url} within {START_TIMEOUT:.0f} s:\n{_tail(log_path)}",
+                    f"no answer on {url} within {START_TIMEOUT:.0f} s:\n{tail(log_path)}",
                 )
             time.sleep(0.1)
         (writer, writer_secret), (reader, reader_secret) = _users(url)
         yield MotoS3(url, writer, writer_secret, reader, reader_secret)
     finally:
-        _stop_group(proc)
+        stop_group(proc)
         for leftover in log_dir.iterdir():
             leftover.unlink()
         log_dir.rmdir()
