@@ -42,7 +42,7 @@ from app.core.errors import (
     UpstreamUnavailable,
 )
 from app.observability import metrics
-from app.resilience.guard import Guard
+from app.resilience.guard import Guard, Guards
 from app.resilience.retry import Backoff, RetryPolicy
 
 
@@ -210,6 +210,23 @@ class Connector:
             )
         secret = {k: SecretStr(v) for k, v in credentials.items()}
         return cls(name, parsed, secret, guard=guard)
+
+    @classmethod
+    def for_runtime(
+        cls,
+        name: str,
+        options: Mapping[str, Any] | None,
+        credentials: Mapping[str, str],
+        *,
+        integration_client: Callable[[], Any],
+        guards: Guards,
+        staging: bool = False,
+        http_transport: Any = None,
+    ) -> Connector | None:
+        """A connector that needs the runtime's parts (its integration's Healthie client, the
+        guards by credential) builds itself here; None (the default): the runtime builds it
+        from its options and credentials (``from_config``)."""
+        return None
 
     @classmethod
     def required_credentials(cls, options: BaseModel) -> tuple[str, ...]:

@@ -160,21 +160,19 @@ class IntegrationClients:
                             k: self._runtime.secrets.get(v) for k, v in target.credentials.items()
                         }
                         cls = connector_class(target)
-                        if target.connector == "healthie":
-                            # Healthie as a target writes with the integration's own client
-                            # (or its own key's guard): its rate limit is shared with reads
-                            from connectors.healthie import HealthieConnector
-
-                            assert issubclass(cls, HealthieConnector)
-                            built[target.name] = cls.for_runtime(
-                                target.name,
-                                target.staging if staging else target.options,
-                                credentials,
-                                integration_client=lambda: self.healthie,
-                                guards=self._runtime.guards,
-                                staging=staging,
-                                http_transport=self._runtime.http_transport,
-                            )
+                        # e.g. Healthie as a target: the integration's own client, so its
+                        # rate limit is shared with reads
+                        own = cls.for_runtime(
+                            target.name,
+                            target.staging if staging else target.options,
+                            credentials,
+                            integration_client=lambda: self.healthie,
+                            guards=self._runtime.guards,
+                            staging=staging,
+                            http_transport=self._runtime.http_transport,
+                        )
+                        if own is not None:
+                            built[target.name] = own
                             continue
                         guard = self._runtime.guards.for_credential(
                             credential_id(

@@ -550,3 +550,25 @@ def _own_appointment(served: Served, pid: str) -> str:
     assert patient is not None
     change = served.sb.create_appointment(pid, date="2026-12-03T10:00:00-05:00")
     return change.subject_id
+
+
+def test_the_runtime_builds_the_target_on_the_integrations_own_client(tmp_path):
+    """Built by the runtime (not by hand), a Healthie target with use_integration_key writes
+    through the integration's own client: one key, one guard, reads and writes together."""
+    from app.core.config import TargetConfig
+    from tests.helpers import demo_runtime
+
+    rt = demo_runtime(tmp_path, target="sqlite")
+    integration = rt.integrations["demo-clinic"]
+    healthie_target = TargetConfig(
+        name="healthie", connector="healthie", options={"use_integration_key": True}
+    )
+    rt.integrations["demo-clinic"] = integration.model_copy(
+        update={"targets": [*integration.targets, healthie_target]}
+    )
+    try:
+        built = rt.connectors("demo-clinic")["healthie"]
+        assert isinstance(built, HealthieConnector)
+        assert built.client is rt.healthie("demo-clinic")
+    finally:
+        rt.close()
