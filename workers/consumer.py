@@ -66,6 +66,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
+from app.core import faults
 from app.core.errors import (
     CircuitOpen,
     ConfigurationError,
@@ -314,6 +315,7 @@ class Consumer:
             settlement = Settlement("nack", settlement.kind, settlement.reason)
         for mw in self.middleware:
             mw.after_item(outcome, settlement.action, settlement.kind)
+        faults.point("consumer.settling")
         with keeper.lock:
             keeper.settled(message.ack_id)
         if settlement.action in ("ack", "wait"):

@@ -39,6 +39,7 @@ from pydantic import ValidationError
 
 from app.agent.freshness import parse_duration
 from app.agent.plan import held_until
+from app.core import faults
 from app.core.config import Integration
 from app.core.errors import FlushInProgress, HealthieSyncError, InvalidResponse, RetriableError
 from app.core.models import Cadence, DirtyMark, RunRecord, SubjectKind, WorkItem
@@ -252,6 +253,7 @@ def _stage(
         for integration_id, pending in _resolve(parts, marks, result).items():
             parts.state.add_pending(integration_id, pending)
             result.staged += len(pending)
+        faults.point("flush.staged")
         parts.queue.ack(subscription, [m.ack_id for m in messages])
         _renew(parts.state, lease, result.flush_id)
 
@@ -442,6 +444,7 @@ def _publish_pending(parts: Parts, integration_id: str, flush_id: str, page: int
                 for p in pending
             ],
         )
+        faults.point("flush.published")
         parts.state.remove_pending(integration_id, pending)
         published += len(pending)
         after = pending[-1].patient_id

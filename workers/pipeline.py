@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from app.agent.base import Agent, decide_many, validate_plan
 from app.agent.freshness import is_stale
+from app.core import faults
 from app.core.config import Integration
 from app.core.errors import HealthieSyncError, PatientNotFound, PlanValidationError
 from app.core.models import Entry, WorkItem, WritePlan
@@ -79,6 +80,7 @@ def run(
         try:
             clients = clients_for(integration_id)
             raw = fetch(clients.healthie, group)
+            faults.point("pipeline.fetched")
         except Exception as exc:  # noqa: BLE001 - Healthie down, no client: all items share it
             for i, item in zip(indexes, group, strict=True):
                 yield i, Outcome(item, "failed", error=exc)
@@ -129,6 +131,7 @@ def _run_integration(
             plans = decide(lambda: clients.agent, clients.integration, [p for _, p in waiting])
     except Exception as exc:  # noqa: BLE001 - the agent failed as a whole: all share it
         plans = [exc] * len(waiting)
+    faults.point("pipeline.decided")
     decided: list[tuple[int, Prepared, WritePlan]] = []
     for (i, prepared), plan in zip(waiting, plans, strict=True):
         if isinstance(plan, Exception):
@@ -161,6 +164,7 @@ def _write_and_record(
         for i, prepared, plan, _ in planned:
             yield i, _failed(prepared, plan, exc)
         return
+    faults.point("pipeline.written")
     for (i, prepared, plan, writes), errors in zip(planned, results, strict=True):
         if errors:
             yield i, _failed(prepared, plan, errors[0])
@@ -170,6 +174,7 @@ def _write_and_record(
         except Exception as exc:  # noqa: BLE001 - classified by the consumer, plan kept
             yield i, _failed(prepared, plan, exc)
             continue
+        faults.point("pipeline.recorded")
         yield (
             i,
             Outcome(

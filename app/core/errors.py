@@ -10,7 +10,8 @@ anywhere else in the engine (``tests/core/test_layout.py`` checks it).
     │   ├── RateLimited           (HTTP 429 / Healthie TOO_MANY_REQUESTS; carries retry_after)
     │   ├── UpstreamUnavailable   (5xx, timeouts, connection errors)
     │   │   └── CircuitOpen           (the upstream kept failing: fail fast until the cool-down)
-    │   ├── QueueUnavailable      (a publish was not confirmed)
+    │   ├── QueueUnavailable      (a publish was not confirmed; the queue is locked or full)
+    │   ├── StoreUnavailable      (the state store is locked, full or unreachable)
     │   └── ConflictingWrite      (a conditional state write lost a race: read again)
     ├── FatalError            dead-letter now: retrying the same input cannot succeed
     │   ├── InvalidResponse       (a reply that does not match its contract)
@@ -91,6 +92,13 @@ class QueueUnavailable(RetriableError):
     """A message could not be durably published."""
 
     kind = "queue_unavailable"
+
+
+class StoreUnavailable(RetriableError):
+    """The state store did not answer in time: locked by another writer, out of space, or
+    unreachable. Request paths turn it into 503; workers retry the item."""
+
+    kind = "store_unavailable"
 
 
 class ConflictingWrite(RetriableError):
