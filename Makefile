@@ -34,8 +34,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check app workers connectors sandbox tests bench tools
 	$(BIN)/mypy
 
-bench: $(STAMP)
-	$(BIN)/python -m bench
+# The ingest benchmark loads the server with wrk (Debian's package); installed here when missing.
+bench: $(STAMP) $(NODE_STAMP)
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	  else \
+	    echo "make: wrk not found; install it (apt-get install wrk) for the ingest benchmark"; \
+	  fi; }
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 sandbox: $(STAMP)
 	$(BIN)/healthie-sync sandbox
