@@ -7,6 +7,15 @@ clinic's work goes on (``workers.consumer``). Only a configuration error of the 
 (no work subscription, no credentials for it) stops the loop and is logged: nothing would
 succeed until a person fixes it, and the messages stay queued.
 
+**Full Healthie requests.** A thread pulls batches of ``batch_size`` (100: a multiple of the
+20 entries one Healthie request carries) and tops a short pull up (Pub/Sub often returns fewer
+messages than asked for, however long its backlog) with further pulls while they bring
+messages, for at most ``fill_wait`` seconds; it never waits on an empty queue to fill a batch.
+What remains partial, a batch's last request, is merged with the other threads' by the
+Healthie client (``app.healthie.coalesce``), which waits a bounded ``fetch_linger`` for them.
+So with enough work every request but a few is full, whatever the number of threads, and no
+batch waits longer than ``fill_wait`` (plus one long-poll of the queue) to start.
+
 Stopping has a deadline (``stop(grace)``, driven by ``app.service.lifecycle`` on SIGTERM): no
 thread pulls again once a stop is requested; a batch in flight may finish until the deadline;
 whatever it has not settled by then (acked, nacked or dead-lettered by ``workers.consumer``)
@@ -138,20 +147,23 @@ class InFlight:
 
 
 class WorkerLoop:
-    """Processes the work subscription with ``concurrency`` threads."""
+    """Processes the work subscription with ``concurrency`` threads, each pulling batches of
+    up to ``batch_size`` messages (topped up for ``fill_wait`` seconds)."""
 
     def __init__(
         self,
         runtime: Runtime,
         *,
         concurrency: int = 2,
-        batch_size: int = 50,
+        batch_size: int = 100,
         idle_wait: float = 0.5,
+        fill_wait: float = 0.1,
     ) -> None:
         self._runtime = runtime
         self._concurrency = concurrency
         self._batch_size = batch_size
         self._idle_wait = idle_wait
+        self._fill_wait = fill_wait
         self._stop = threading.Event()
         self._threads: list[tuple[threading.Thread, InFlight, Consumer]] = []
         self.stopped_by: str | None = None
@@ -201,7 +213,7 @@ class WorkerLoop:
     def _run(self, in_flight: InFlight, consumer: Consumer) -> None:
         while not self._stop.is_set():
             try:
-                messages = in_flight.pull(WORK_SUBSCRIPTION, self._batch_size)
+                messages = self._pull_batch(in_flight)
                 if messages and self._stop.is_set():
                     # pulled while the stop arrived: hand back untouched
                     in_flight.nack(WORK_SUBSCRIPTION, [m.ack_id for m in messages], 0)
@@ -220,6 +232,26 @@ class WorkerLoop:
                     return  # handed back at shutdown: nothing to report
                 log.exception("worker batch failed")
             self._stop.wait(self._idle_wait)
+
+    def _pull_batch(self, in_flight: InFlight) -> list[Message]:
+        """One pull, topped up while more pulls bring messages, up to ``batch_size`` and for
+        at most ``fill_wait`` seconds (see the module's docstring)."""
+        messages = in_flight.pull(WORK_SUBSCRIPTION, self._batch_size)
+        deadline = time.monotonic() + self._fill_wait
+        while (
+            messages
+            and len(messages) < self._batch_size
+            and time.monotonic() < deadline
+            and not self._stop.is_set()
+        ):
+            try:
+                more = in_flight.pull(WORK_SUBSCRIPTION, self._batch_size - len(messages))
+            except QueueUnavailable:
+                break  # what was pulled is processed (or handed back at shutdown) as it is
+            if not more:
+                break
+            messages.extend(more)
+        return messages
 
 
 def _log_batch(counts: Counts) -> None:

@@ -36,8 +36,9 @@ class HealthieConfig(BaseModel):
     webhook_secrets: list[str] = Field(min_length=1)  # several during a rotation
     shard_id_secret: str | None = None
     api_version: str = DEFAULT_API_VERSION
-    # ~100 complexity points per entry; Healthie caps a request at 2000 (issue 4 estimates).
-    batch_size: int = Field(default=15, ge=1, le=100)
+    # ~97 complexity points per committed entry: 20 fit under Healthie's cap of 2000 (the client
+    # lowers it further when its estimate or a refusal says so).
+    batch_size: int = Field(default=20, ge=1, le=100)
     # This instance's share of the API key's limit (Healthie allows ~250 requests/s per key).
     rate_limit: float = Field(default=250.0, gt=0, le=1000)
     # Entry selection: extra GraphQL selections added to the PatientEntry fragment, and

@@ -16,7 +16,10 @@ classification::
 
 Batching (``fetch_entries``): patients are aliased ``p0: user(id: $id0) { ...PatientEntry }``,
 as many per request as the complexity estimate allows under Healthie's cap of 2000 (config
-``batch_size`` is an upper bound). If Healthie still refuses a batch as too complex, the
+``batch_size`` is an upper bound; 20 committed entries fit). Concurrent calls (one per worker
+thread) are merged by ``app.healthie.coalesce`` before they are cut into requests, so every
+request but a caller's last is full whatever the number of threads, and the last waits at most
+``fetch_linger`` seconds for company. If Healthie still refuses a batch as too complex, the
 batch is split in half (or smaller, when the refusal's real score says halves cannot fit) and
 each part retried, recursively down to one patient; the score also corrects the per-entry
 estimate so later batches are sized right the first time.
@@ -28,7 +31,6 @@ import logging
 import math
 import threading
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import Any
 
@@ -51,6 +53,7 @@ from app.core.errors import (
     RateLimited,
 )
 from app.healthie import operations
+from app.healthie.coalesce import FetchCoalescer
 from app.healthie.complexity import MAX_COMPLEXITY, estimate, parse_complexity_error
 from app.healthie.versions import version_notice
 from app.observability import metrics
@@ -115,7 +118,9 @@ class HealthieClient:
     circuit); without one the client gets its own, from ``bucket`` / ``breaker`` when given.
     ``entry_fragment`` is the PatientEntry
     fragment text to fetch (default: the committed one; see ``selection.build_entry_fragment``).
-    ``concurrency`` is how many entry batches one ``fetch_entries`` call keeps in flight.
+    ``concurrency`` is how many entry batches one ``fetch_entries`` call keeps in flight;
+    ``fetch_linger`` how long a call's last, partial batch may wait for other threads' patients
+    to fill it (``app.healthie.coalesce``).
     ``integration_id`` labels the client's metrics (``app.observability.metrics``: requests by
     outcome, retries, rate-limit answers, entries fetched, the fetch stage's latency).
     """
@@ -131,10 +136,11 @@ class HealthieClient:
         timeout: float = 30.0,
         rate_limit: float = 250.0,
         max_attempts: int = 5,
-        batch_size: int = 15,
+        batch_size: int = 20,
         entry_fragment: str | None = None,
         max_complexity: int = MAX_COMPLEXITY,
         concurrency: int = 1,
+        fetch_linger: float = 0.05,
         breaker: CircuitBreaker | None = None,
         bucket: TokenBucket | None = None,
         guard: Guard | None = None,
@@ -171,6 +177,9 @@ class HealthieClient:
         self.batch_size = batch_size
         self.max_complexity = max_complexity
         self.concurrency = max(1, concurrency)
+        self._coalescer = FetchCoalescer(
+            self._fetch_batch, lambda: self.entries_per_request, linger=fetch_linger
+        )
         self.entry_fragment = ""
         self.entry_cost = 0
         self.use_entry_fragment(entry_fragment or operations.load("entry"))
@@ -346,22 +355,14 @@ class HealthieClient:
     ) -> dict[str, dict[str, Any] | None]:
         """Each patient's raw entry (``None`` when Healthie has no such patient).
 
-        Batches are sized by the complexity estimate (``entries_per_request``); with
-        ``concurrency`` > 1 (default: the client's) several batches are in flight at once, all
-        still paced by the key's token bucket.
+        Batches are sized by the complexity estimate (``entries_per_request``) and filled with
+        other threads' concurrent calls (``app.healthie.coalesce``); with ``concurrency`` > 1
+        (default: the client's) several batches are in flight at once, all still paced by the
+        key's token bucket.
         """
-        unique = list(dict.fromkeys(patient_ids))
-        chunks = list(_chunks(unique, self.entries_per_request))
-        workers = min(concurrency or self.concurrency, len(chunks))
-        out: dict[str, dict[str, Any] | None] = {}
+        workers = concurrency or self.concurrency
         with metrics.stage_timer(self.integration_id, "fetch"):
-            if workers <= 1:
-                for chunk in chunks:
-                    out.update(self._fetch_batch(chunk))
-            else:
-                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="healthie") as pool:
-                    for part in pool.map(self._fetch_batch, chunks):
-                        out.update(part)
+            out = self._coalescer.fetch(patient_ids, workers=workers)
         found = sum(1 for entry in out.values() if entry is not None)
         metrics.record_entries_fetched(self.integration_id, found, len(out) - found)
         return out

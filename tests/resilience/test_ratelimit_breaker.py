@@ -52,22 +52,28 @@ def test_never_more_than_rate_in_any_one_second_window(rate, burst):
     assert len(times) / times[-1] >= rate * 0.8
 
 
-def test_throttle_halves_the_rate_pauses_and_recovers_linearly():
-    b, t = bucket(100, recovery=10)
-    b.throttle(2.0)
+def test_a_refusal_with_no_send_before_it_halves_the_rate_holds_then_recovers_linearly():
+    b, t = bucket(100, hold=30, recovery=10)
+    b.throttle(2.0)  # nothing sent in the second before: another client shares the key
     assert b.current_rate() == pytest.approx(50)
     times = sends(b, t, 1)
     assert times[0] >= 2.0  # everyone waited out the pause
-    t.now = 5.0
-    assert b.current_rate() == pytest.approx(50 + 5 * 10)
-    t.now = 20.0
+    t.now = 29.0
+    assert b.current_rate() == pytest.approx(50)  # the lesson holds
+    t.now = 35.0
+    assert b.current_rate() == pytest.approx(50 + 5 * 10)  # then climbs back
+    t.now = 60.0
     assert b.current_rate() == 100
+    sends(b, t, 1)
     b.throttle(0)
-    b.throttle(0)
-    assert b.current_rate() == pytest.approx(25)
+    b.throttle(0)  # the same request refused again teaches nothing new
+    assert b.current_rate() == pytest.approx(50)
     for _ in range(10):
+        t.now += 5.0  # alone in its second each time
+        sends(b, t, 1)
         b.throttle(0)
-    assert b.current_rate() == pytest.approx(b.min_rate)
+    assert b.current_rate() == pytest.approx(b.min_rate) == 1.0
+    assert b.lessons == 12
 
 
 def test_pause_extends_and_never_shortens():

@@ -86,8 +86,8 @@ def test_nothing_changed_is_nothing_to_do(runtime):
 def test_a_valid_edit_is_swapped_in_and_only_its_clients_are_rebuilt(runtime):
     reloader = ConfigReloader(runtime)
     demo, other = runtime.clients("demo-clinic"), runtime.clients("other-clinic")
-    assert demo.integration.healthie.batch_size == 15
-    edit(toml(runtime), "batch_size = 15", "batch_size = 9")
+    assert demo.integration.healthie.batch_size == 20
+    edit(toml(runtime), "batch_size = 20", "batch_size = 9")
     result = reloader.check()
     assert result.applied
     assert result.integrations == ("demo-clinic",)
@@ -182,7 +182,7 @@ def test_retired_clients_are_closed_after_the_retire_period(runtime):
     old = runtime.clients("demo-clinic")
     closed = []
     old.close = lambda: closed.append(True)
-    edit(toml(runtime), "batch_size = 15", "batch_size = 12")
+    edit(toml(runtime), "batch_size = 20", "batch_size = 12")
     assert reloader.check().applied
     now[0] = 299
     reloader.check()
@@ -196,7 +196,7 @@ def test_the_watching_thread_applies_a_change_within_the_interval(runtime):
     reloader = ConfigReloader(runtime, interval=0.1)
     reloader.start()
     try:
-        edit(toml(runtime), "batch_size = 15", "batch_size = 7")
+        edit(toml(runtime), "batch_size = 20", "batch_size = 7")
         deadline = time.monotonic() + 5
         while runtime.integrations["demo-clinic"].healthie.batch_size != 7:
             assert time.monotonic() < deadline, "not reloaded within 5 s"
@@ -209,9 +209,9 @@ def test_without_an_interval_only_a_request_checks(runtime):
     reloader = ConfigReloader(runtime, interval=0)
     reloader.start()
     try:
-        edit(toml(runtime), "batch_size = 15", "batch_size = 6")
+        edit(toml(runtime), "batch_size = 20", "batch_size = 6")
         time.sleep(0.3)
-        assert runtime.integrations["demo-clinic"].healthie.batch_size == 15
+        assert runtime.integrations["demo-clinic"].healthie.batch_size == 20
         reloader.request()  # what SIGHUP does (app.service.lifecycle)
         deadline = time.monotonic() + 5
         while runtime.integrations["demo-clinic"].healthie.batch_size != 6:

@@ -31,8 +31,8 @@ from tests.helpers import REPO
 
 pytestmark = pytest.mark.e2e
 
-ITEMS = 30  # two Healthie requests of 15 entries: one batch pulled by one worker
-BATCH = 50  # what one worker pulls at a time (workers.loop.WorkerLoop's batch_size)
+ITEMS = 30  # two Healthie requests (20 + 10 entries): one batch pulled by one worker
+BATCH = 100  # what one worker pulls at a time (workers.loop.WorkerLoop's batch_size)
 # After the grace period the process must be gone soon: Cloud Run kills 10 s after SIGTERM and
 # the default grace is 8 s; interpreter exit takes the rest (slower on a loaded machine).
 EXIT_MARGIN = 2.0

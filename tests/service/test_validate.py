@@ -171,7 +171,7 @@ def test_a_bad_cadence_is_one_error_with_the_supported_list(tmp_path, value, hin
 
 
 def test_an_unknown_key_suggests_the_known_one(tmp_path):
-    settings = demo_copy(tmp_path, toml=lambda s: s.replace("batch_size = 15", "batch_sise = 15"))
+    settings = demo_copy(tmp_path, toml=lambda s: s.replace("batch_size = 20", "batch_sise = 20"))
     (finding,) = problems(run(settings))
     assert finding.problem == "unknown key healthie.batch_sise"
     assert finding.hint == "did you mean batch_size?"

@@ -1,0 +1,172 @@
+"""Full entries requests whatever the number of worker threads: concurrent fetches of one
+client are merged before they are cut into requests.
+
+Each worker thread fetches the patients of the batch it pulled. Cut per thread, every batch
+ends in a partial request (25 patients are 20 + 5), so N threads send N partial requests
+where one full one would do. :class:`FetchCoalescer` holds one FIFO of the patient ids every
+caller still needs; a caller sends requests of ``per_request()`` ids taken from its head,
+its own ids or another caller's, until each of its ids is answered::
+
+    thread A: fetch(25 ids) ─┐                    ┌─▶ [A1..A20]          (sent by A)
+    thread B: fetch(25 ids) ─┼─▶ pending FIFO ─────┼─▶ [A21..A25 B1..B15] (sent by B)
+    thread C: fetch(10 ids) ─┘                    └─▶ [B16..B25 C1..C10] (sent by C)
+
+Full requests go at once. Only a remainder shorter than a full request waits, at most
+``linger`` seconds from the moment it is all its caller has left, for another caller's ids
+to fill it: that bounds the latency coalescing adds to one fetch call by ``linger``, spent only
+on its last, partial request. A patient asked for by two callers at once is fetched once.
+
+A request's failure is the failure of every caller with an id in it (as before coalescing,
+when a failed request failed the one caller's whole fetch).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+Raw = dict[str, Any] | None
+Send = Callable[[Sequence[str]], dict[str, Raw]]
+
+
+class _Slot:
+    """One patient id's answer, shared by every caller waiting for it."""
+
+    __slots__ = ("done", "error", "sent", "value")
+
+    def __init__(self) -> None:
+        self.sent = False
+        self.done = False
+        self.value: Raw = None
+        self.error: BaseException | None = None
+
+
+class _Call:
+    """One ``fetch`` call's requests in flight."""
+
+    __slots__ = ("running",)
+
+    def __init__(self) -> None:
+        self.running = 0
+
+
+class FetchCoalescer:
+    """Merges concurrent ``fetch`` calls' ids into requests of ``per_request()`` ids each.
+
+    ``send(ids)`` performs one request and returns every id's answer; ``per_request`` is read
+    each time a request is cut (the client's allowance changes when Healthie corrects its
+    complexity estimate). ``requests`` counts the requests sent.
+    """
+
+    def __init__(
+        self,
+        send: Send,
+        per_request: Callable[[], int],
+        *,
+        linger: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._send = send
+        self._per_request = per_request
+        self.linger = linger
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._pending: dict[str, None] = {}  # ids not yet sent, oldest first
+        self._slots: dict[str, _Slot] = {}  # ids pending or in flight
+        self.requests = 0
+
+    def fetch(self, ids: Sequence[str], *, workers: int = 1) -> dict[str, Raw]:
+        """Every id's answer, with up to ``workers`` of this call's requests in flight at once.
+        Raises the error of a request that carried one of ``ids``."""
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return {}
+        call = _Call()
+        workers = max(1, workers)
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="healthie") if workers > 1 else None
+        try:
+            with self._cond:
+                mine = {pid: self._register(pid) for pid in wanted}
+            deadline: float | None = None
+            while True:
+                with self._cond:
+                    chunks, deadline = self._next(mine, call, workers, deadline)
+                    if chunks is None:
+                        return self._collect(mine)
+                    call.running += len(chunks)
+                if pool is None:
+                    self._run(chunks[0], call)
+                else:
+                    for chunk in chunks:
+                        pool.submit(self._run, chunk, call)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+
+    def _register(self, pid: str) -> _Slot:
+        slot = self._slots.get(pid)
+        if slot is None:
+            slot = self._slots[pid] = _Slot()
+            self._pending[pid] = None
+        return slot
+
+    def _next(
+        self, mine: dict[str, _Slot], call: _Call, workers: int, deadline: float | None
+    ) -> tuple[list[list[str]] | None, float | None]:
+        """Under the lock: the requests this call sends next (None when all of its ids are
+        answered), waiting while there is nothing it may send yet."""
+        while True:
+            if all(slot.done for slot in mine.values()):
+                return None, deadline
+            free = workers - call.running
+            size = max(1, self._per_request())
+            chunks: list[list[str]] = []
+            while free > len(chunks) and len(self._pending) >= size:
+                chunks.append(self._take(size))
+            if chunks:
+                return chunks, deadline
+            if free > 0 and any(not slot.sent for slot in mine.values()):
+                # only a partial request is left, some of it ours: wait for company, boundedly
+                now = self._clock()
+                deadline = now + self.linger if deadline is None else deadline
+                if now >= deadline:
+                    return [self._take(size)], deadline
+                self._cond.wait(deadline - now)
+            else:
+                self._cond.wait()  # our ids are in flight (ours or another caller's requests)
+
+    def _take(self, size: int) -> list[str]:
+        chunk = []
+        for pid in self._pending:
+            chunk.append(pid)
+            if len(chunk) == size:
+                break
+        for pid in chunk:
+            del self._pending[pid]
+            self._slots[pid].sent = True
+        self.requests += 1
+        return chunk
+
+    def _run(self, chunk: list[str], call: _Call) -> None:
+        answers: dict[str, Raw] = {}
+        error: BaseException | None = None
+        try:
+            answers = self._send(chunk)
+        except BaseException as exc:  # noqa: BLE001 - handed to every caller of the chunk
+            error = exc
+        with self._cond:
+            for pid in chunk:
+                slot = self._slots.pop(pid)
+                slot.value, slot.error, slot.done = answers.get(pid), error, True
+            call.running -= 1
+            self._cond.notify_all()
+
+    @staticmethod
+    def _collect(mine: dict[str, _Slot]) -> dict[str, Raw]:
+        for slot in mine.values():
+            if slot.error is not None:
+                raise slot.error
+        return {pid: slot.value for pid, slot in mine.items()}
