@@ -1,6 +1,10 @@
 """The HTTP service's factory: the intake route (``app.intake.receiver``), the flush trigger
 (``app.api.flush``), the operator routes (``app.api.ops``) and ``/healthz``. Built from a
-``Runtime``; the caller owns the runtime's lifecycle."""
+``Runtime``; the caller owns the runtime's lifecycle.
+
+Middleware, outermost first: ``TraceContext`` (the trace header becomes every log line's
+context), then ``bodies.RequestGuard`` (credentials before validation on ``/flush`` and
+``/ops``, body limits, the body deadline and mid-body disconnects on every route)."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from pydantic import BaseModel
 
 from app.api import flush, metrics_route, ops
 from app.api.auth import OperatorAuthorizer, Verifier
+from app.api.bodies import RequestGuard
 from app.api.tracing import TraceContext
 from app.intake import hubspot_receiver, receiver
 from app.service.runtime import Runtime
@@ -35,6 +40,7 @@ def create_app(runtime: Runtime, *, oidc_verifier: Verifier | None = None) -> Fa
     app.include_router(flush.build_router(runtime, authorizer))
     app.include_router(ops.build_router(runtime, authorizer))
     app.router.routes.extend(metrics_route.build_router().routes)
+    app.add_middleware(RequestGuard, authorize=authorizer.allowed)
     app.add_middleware(TraceContext)  # the request's trace header on every log line
 
     @app.get("/healthz")

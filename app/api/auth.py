@@ -4,6 +4,11 @@ Production: Cloud Scheduler calls with a Google-signed OIDC ID token; it is veri
 Google's certificates (signature, expiry, issuer), the configured audience (the service URL) and
 the configured service account's e-mail. Local default: a shared bearer token. With neither
 configured the route stays closed (401), never open.
+
+The check runs before anything else of the request: ``app.api.bodies.RequestGuard`` asks
+:meth:`OperatorAuthorizer.allowed` from the headers alone, before the route parses a path,
+query or body (FastAPI validates those before a route's own code runs). Each guarded router
+also depends on :func:`operator_required`, so a route mounted without the guard stays closed.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from fastapi import HTTPException, Request
+
+from app.api.bodies import OPERATOR_SCOPE_KEY
 from app.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,3 +79,16 @@ class OperatorAuthorizer:
             and claims.get("email") == self._account
             and claims.get("email_verified") is True
         )
+
+
+def operator_required(authorizer: OperatorAuthorizer) -> Callable[[Request], None]:
+    """A router dependency: 401 unless the guard already accepted the request's credentials
+    (:data:`app.api.bodies.OPERATOR_SCOPE_KEY`) or ``authorizer`` accepts them now."""
+
+    def check(request: Request) -> None:
+        if request.scope.get(OPERATOR_SCOPE_KEY) is True:
+            return
+        if not authorizer.allowed(request.headers.get("authorization")):
+            raise HTTPException(401, "unauthorized", headers={"WWW-Authenticate": "Bearer"})
+
+    return check

@@ -1,13 +1,21 @@
 """``POST /flush/{cadence}``: Cloud Scheduler's (or an operator's) trigger of one cadence's
-flush; 409 while one runs. Guarded by :class:`app.api.auth.OperatorAuthorizer`."""
+flush. Guarded by :class:`app.api.auth.OperatorAuthorizer` (checked before the cadence or the
+query is parsed: ``app.api.bodies``).
+
+Answers: 200 with the flush's counts; 409 while another flush of the cadence runs; 503 with
+Retry-After when the state store or queue is locked, full or unreachable, or the flush has not
+finished within ``app.api.deadline.ANSWER_WITHIN_SECONDS``. After a 503 a flush that was
+already under way goes on in its thread: it holds the cadence's lease (a retry gets 409 until
+it ends), releases it itself, and its outcome is logged and recorded in its runs.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Header, HTTPException
+from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
 
-from app.api.auth import OperatorAuthorizer
+from app.api.auth import OperatorAuthorizer, operator_required
+from app.api.deadline import within
 from app.core.errors import FlushInProgress
 from app.core.models import Cadence
 from app.service.runtime import Runtime
@@ -25,18 +33,14 @@ class FlushStarted(BaseModel):
 
 def build_router(runtime: Runtime, authorizer: OperatorAuthorizer) -> APIRouter:
     """The flush route bound to ``runtime``."""
-    router = APIRouter()
+    router = APIRouter(dependencies=[Depends(operator_required(authorizer))])
 
     @router.post("/flush/{cadence}")
-    async def flush_cadence(
-        cadence: Cadence,
-        stage_only: bool = False,
-        authorization: str | None = Header(default=None),
-    ) -> FlushStarted:
-        if not authorizer.allowed(authorization):
-            raise HTTPException(401, "unauthorized")
+    async def flush_cadence(cadence: Cadence, stage_only: bool = False) -> FlushStarted:
         try:
-            result = await run_in_threadpool(lambda: flush(runtime, cadence, stage_only=stage_only))
+            result = await within(
+                lambda: flush(runtime, cadence, stage_only=stage_only), f"flush {cadence.value}"
+            )
         except FlushInProgress:
             raise HTTPException(409, f"a {cadence.value} flush is already running") from None
         return FlushStarted(

@@ -13,6 +13,7 @@ open circuit (fail fast: waiting out a cool-down belongs to the queue). A wait l
 from __future__ import annotations
 
 import email.utils
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -33,6 +34,13 @@ from tenacity.wait import wait_base
 from app.core.errors import CircuitOpen, RetriableError
 
 T = TypeVar("T")
+
+
+def retry_after_header(seconds: float | None, default: float) -> dict[str, str]:
+    """The ``Retry-After`` header our own 503s send: whole seconds (RFC 9110 delta-seconds,
+    rounded up, at least 1), ``default`` when the failure carried no figure of its own."""
+    value = default if seconds is None else seconds
+    return {"Retry-After": str(max(1, math.ceil(value)))}
 
 
 def parse_retry_after(

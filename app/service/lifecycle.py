@@ -121,9 +121,10 @@ class Lifecycle:
         self.loop.start()
         drain = max(1, math.floor(min(HTTP_DRAIN_SECONDS, self.grace / 3)))
         from app.core.logs import is_json, uvicorn_log_config
+        from app.service.serving import server_config
 
         extra: dict[str, Any] = {"log_config": uvicorn_log_config()} if is_json() else {}
-        config = uvicorn.Config(
+        config = server_config(
             app, host=host, port=port, log_level="info", timeout_graceful_shutdown=drain, **extra
         )
         try:

@@ -15,6 +15,23 @@ from typing import Any
 
 import uvicorn
 
+#: uvicorn's own bounds, used as they are: the largest request head it buffers (bytes) and how
+#: long an idle keep-alive connection stays open (seconds). uvicorn has no deadline for a
+#: request body; ``app.api.bodies.RequestGuard`` adds it.
+MAX_HEAD_BYTES = 16 * 1024
+KEEP_ALIVE_SECONDS = 5
+
+
+def server_config(app: Any, *, host: str, port: int, **options: Any) -> uvicorn.Config:
+    """uvicorn's configuration for ``app`` with the service's HTTP bounds (``options`` are
+    passed through and may override them): the production server and the test servers
+    share it."""
+    bounds: dict[str, Any] = {
+        "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
+        "timeout_keep_alive": KEEP_ALIVE_SECONDS,
+    }
+    return uvicorn.Config(app, host=host, port=port, **{**bounds, **options})
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port that was free on ``host`` a moment ago."""
@@ -36,7 +53,7 @@ def serve_in_thread(
     from app.core.logs import is_json, uvicorn_log_config
 
     extra: dict[str, Any] = {"log_config": uvicorn_log_config()} if is_json() else {}
-    config = uvicorn.Config(
+    config = server_config(
         app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on", **extra
     )
     server = uvicorn.Server(config)
