@@ -27,6 +27,7 @@ see, so asking for an agent never opens a target.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -120,9 +121,27 @@ class Declared(Protocol):
         ...
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+
+
+def safe_name(name: object) -> str:
+    """``name`` when it reads as a name (a field, table, target or operation), else ``<?>``.
+
+    Error texts name what a plan or a model answer chose (an argument key, a target); a name
+    that is not identifier-like may be a value put where a name goes, and is not repeated."""
+    return name if isinstance(name, str) and _NAME.fullmatch(name) else "<?>"
+
+
+def error_location(loc: Sequence[int | str]) -> str:
+    """A pydantic error's location as a field path (``values.first_name``, ``operations.0``),
+    each part a position or a :func:`safe_name`."""
+    return ".".join(str(p) if isinstance(p, int) else safe_name(p) for p in loc) or "(root)"
+
+
 def _fields(exc: ValidationError) -> str:
-    # Field paths only: pydantic's messages can quote the input, which may be a patient value.
-    return ", ".join(".".join(str(p) for p in e["loc"]) or "(root)" for e in exc.errors())
+    # Field paths only: pydantic's messages (and str(exc), which adds ``input_value=``) can
+    # quote the input, which may be a patient value.
+    return ", ".join(error_location(e["loc"]) for e in exc.errors(include_input=False))
 
 
 def options_error(target: str, kind: str, exc: ValidationError) -> ConfigurationError:
@@ -411,7 +430,7 @@ class TargetSchema:
         spec = self.operations.get(operation)
         if spec is None:
             raise PlanValidationError(
-                f"target {self.name!r} ({self.kind}) has no operation {operation!r}; "
+                f"target {self.name!r} ({self.kind}) has no operation {safe_name(operation)!r}; "
                 f"known: {sorted(self.operations)}"
             )
         try:

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.core.errors import PlanValidationError
-from connectors.base import Connector, OperationSpec, Write
+from connectors.base import Connector, OperationSpec, Write, safe_name
 
 #: table and column names: lower-case letters, digits and underscores, starting with a letter
 IDENTIFIER = r"^[a-z][a-z0-9_]{0,62}$"
@@ -189,7 +189,9 @@ class TableConnector(Connector):
         for column, value in args.values.items():
             where = f"{table}.{column}"
             if not is_identifier(column) or column in SCOPE_COLUMNS:
-                raise PlanValidationError(f"{where}: not a writable column name")
+                raise PlanValidationError(
+                    f"{table}.{safe_name(column)}: not a writable column name"
+                )
             kind: ColumnType = "text" if columns is None else columns.get(column, "text")
             if columns is not None and column not in columns:
                 raise PlanValidationError(f"{where}: column not declared for this target")

@@ -16,7 +16,7 @@ from app.core.config import Integration
 from app.core.errors import HealthieSyncError, PlanValidationError
 from app.core.models import Entry, WritePlan
 from app.state.base import PatientState
-from connectors.base import Declared
+from connectors.base import Declared, safe_name
 
 
 class Agent(Protocol):
@@ -74,7 +74,8 @@ def validate_plan(
 ) -> list[BaseModel]:
     """Each operation's parsed arguments, in order; PlanValidationError unless every operation
     targets a configured target, names an operation it declares, has valid arguments (declared
-    tables, columns, typed values) and touches only the entry's patient."""
+    tables, columns, typed values) and touches only the entry's patient. The error names
+    targets, operations and field paths, never an argument's value."""
     if plan.patient_id != entry.patient_id:
         raise PlanValidationError("plan is for another patient than the entry")
     if plan.action == "skip":
@@ -86,7 +87,7 @@ def validate_plan(
         connector = connectors.get(op.target)
         if connector is None:
             raise PlanValidationError(
-                f"unknown target {op.target!r}; configured: {sorted(connectors)}"
+                f"unknown target {safe_name(op.target)!r}; configured: {sorted(connectors)}"
             )
         parsed.append(connector.validate(op.operation, op.args, entry.patient_id))
     return parsed

@@ -29,26 +29,35 @@ an appointment occurred in the last 90 days"::
 e.g. ``run.days_left_in_month < `7``` (a weekly run that writes only in a month's last week:
 a monthly schedule). On other runs the integration's patients wait, unprocessed, for the next
 run where it holds. The same entry at the same run time always gives the same plan.
+
+**Loading and errors.** Loading a plan compiles everything once: each expression into a closure
+(``app.agent.plan_exprs``), each value spec and transform into a function, so an invalid
+expression, an unknown transform or lookup table, or a spec of no known kind is a
+ConfigurationError at load, and an entry only runs closures. An expression or transform that
+fails on an entry is a FatalError naming its place in the plan (``operations[0]
+(warehouse.upsert_row) args.values.fields.phone``), the expression and the JMESPath types
+involved, never the value: the text ends up in dead letters and logs.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import jmespath
-from jmespath.exceptions import JMESPathError
+from jmespath.exceptions import ArityError, JMESPathError, JMESPathTypeError
+from jmespath.functions import Functions
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.agent.base import DecideItem
+from app.agent.plan_exprs import Evaluator, compile_expression
 from app.agent.plan_paths import check_expression, run_shape
 from app.agent.plan_time import RunClock, zone
-from app.agent.transforms import apply_transform
+from app.agent.transforms import Transform, resolve_transform
 from app.core.config import Integration
 from app.core.errors import ConfigurationError, FatalError, HealthieSyncError, RetriableError
 from app.core.models import Entry, WriteOperation, WritePlan
@@ -89,11 +98,140 @@ class CompiledPlan(BaseModel):
     operations: list[PlanStep]
 
 
-def _compile_expr(expr: str) -> Any:
+#: A compiled value spec: ``(context, functions) -> value``.
+_Value = Callable[[dict[str, Any], Functions], Any]
+
+# What evaluating a plan over an entry can raise besides JMESPath's errors (an ordering of a
+# string with a number, a transform meeting an odd value). The messages of these can quote the
+# value, so only their class names are kept.
+_EVALUATION_ERRORS = (TypeError, ValueError, ArithmeticError, AttributeError, LookupError)
+
+
+def _reason(exc: Exception) -> str:
+    """Why an expression failed, from the error's kinds and names only: JMESPath's own message
+    quotes the offending value (``invalid type for value: 555-0100``), a patient's data."""
+    if isinstance(exc, JMESPathTypeError):
+        expected = " or ".join(str(t) for t in exc.expected_types)
+        return f"{exc.function_name}() received {exc.actual_type}, expected {expected}"
+    if isinstance(exc, ArityError):
+        return (
+            f"{exc.function_name}() takes {exc.expected_arity} argument(s), got {exc.actual_arity}"
+        )
+    return type(exc).__name__
+
+
+@dataclass(frozen=True)
+class _Expr:
+    """One expression of the plan, compiled once; ``where`` is its place in the plan file."""
+
+    where: str
+    text: str
+    evaluate: Evaluator
+
+    def __call__(self, context: Any, functions: Functions) -> Any:
+        try:
+            return self.evaluate(context, functions)
+        except _EVALUATION_ERRORS as exc:  # JMESPathError is a ValueError
+            raise FatalError(
+                f"plan {self.where}: expression {self.text!r} failed: {_reason(exc)}"
+            ) from None
+
+
+def _compile_expr(expr: str, where: str) -> _Expr:
     try:
-        return jmespath.compile(expr)
+        return _Expr(where, expr, compile_expression(expr))
     except JMESPathError as exc:
-        raise ConfigurationError(f"invalid JMESPath {expr!r} in plan: {exc}") from exc
+        # the plan's own text, not a patient value: the parser's message is safe here
+        raise ConfigurationError(f"invalid JMESPath {expr!r} at {where} in plan: {exc}") from exc
+
+
+def _transformed(expr: _Expr, transforms: list[Transform], where: str) -> _Value:
+    def value(context: dict[str, Any], functions: Functions) -> Any:
+        result = expr(context, functions)
+        for transform in transforms:
+            try:
+                result = transform.apply(result)
+            except _EVALUATION_ERRORS as exc:
+                raise FatalError(
+                    f"plan {where}: transform {transform.name!r} failed: {type(exc).__name__}"
+                ) from None
+        return result
+
+    return value
+
+
+def _concat(parts: list[_Value], sep: str) -> _Value:
+    def value(context: dict[str, Any], functions: Functions) -> Any:
+        values = (p(context, functions) for p in parts)
+        return sep.join(str(v) for v in values if v not in (None, "")) or None
+
+    return value
+
+
+def _object(fields: dict[str, _Value]) -> _Value:
+    def value(context: dict[str, Any], functions: Functions) -> Any:
+        return {k: f(context, functions) for k, f in fields.items()}
+
+    return value
+
+
+def _constant(literal: Any) -> _Value:
+    return lambda context, functions: literal
+
+
+def _compile_value(spec: Any, where: str, tables: dict[str, dict[str, Any]]) -> _Value:
+    """A value spec (see the module docstring) as a closure; ConfigurationError, at load, for
+    an unknown kind, expression or transform."""
+    if not isinstance(spec, dict):
+        return _constant(spec)
+    if "const" in spec:
+        return _constant(spec["const"])
+    if "expr" in spec:
+        expr = _compile_expr(str(spec["expr"]), where)
+        transforms = [resolve_transform(t, tables) for t in spec.get("transforms", [])]
+        return _transformed(expr, transforms, where) if transforms else expr
+    if "concat" in spec:
+        parts = [
+            _compile_value(p, f"{where}.concat[{i}]", tables) for i, p in enumerate(spec["concat"])
+        ]
+        return _concat(parts, str(spec.get("sep", "")))
+    if "fields" in spec:
+        return _object(
+            {
+                name: _compile_value(sub, f"{where}.fields.{name}", tables)
+                for name, sub in spec["fields"].items()
+            }
+        )
+    raise ConfigurationError(f"plan value spec at {where} has no known kind ({sorted(spec)})")
+
+
+@dataclass(frozen=True)
+class _Step:
+    """A plan step compiled: its conditions, its iteration and its argument builders."""
+
+    target: str
+    operation: str
+    args: dict[str, _Value]
+    when: _Expr | None
+    for_each: _Expr | None
+    for_each_removed: _Expr | None
+
+
+def _compile_step(step: PlanStep, index: int, tables: dict[str, dict[str, Any]]) -> _Step:
+    where = f"operations[{index}] ({step.target}.{step.operation})"
+
+    def expr(name: str) -> _Expr | None:
+        text = getattr(step, name)
+        return _compile_expr(text, f"{where} {name}") if text else None
+
+    return _Step(
+        target=step.target,
+        operation=step.operation,
+        args={k: _compile_value(v, f"{where} args.{k}", tables) for k, v in step.args.items()},
+        when=expr("when"),
+        for_each=expr("for_each"),
+        for_each_removed=expr("for_each_removed"),
+    )
 
 
 def _column_type(spec: Any) -> str:
@@ -119,16 +257,15 @@ class PlanAgent:
                     "recompile and review it",
                     plan.integration,
                 )
-        self._exprs: dict[str, Any] = {}
-        for step in plan.operations:
-            for expr in filter(None, (step.when, step.for_each, step.for_each_removed)):
-                self._exprs[expr] = _compile_expr(expr)
-            self._collect(step.args)
-        if plan.skip_when:
-            self._exprs[plan.skip_when] = _compile_expr(plan.skip_when)
+        # Every expression and transform is compiled here, once per plan: a bad one fails at
+        # load, and entries only run closures (``app.agent.plan_exprs``).
+        tables = plan.tables
+        self._steps = [_compile_step(step, i, tables) for i, step in enumerate(plan.operations)]
+        self._skip_when = _compile_expr(plan.skip_when, "skip_when") if plan.skip_when else None
         zone(plan.timezone)  # an unknown zone fails at load, not at the first entry
+        self._run_when: _Expr | None = None
         if plan.run_when:
-            self._exprs[plan.run_when] = _compile_expr(plan.run_when)
+            self._run_when = _compile_expr(plan.run_when, "run_when")
             _, issues = check_expression(plan.run_when, run_shape())
             errors = [f"{i.path}: {i.problem}" for i in issues if i.severity == "error"]
             if errors:
@@ -162,16 +299,6 @@ class PlanAgent:
                 columns[column] = _column_type(spec)
         return out
 
-    def _collect(self, spec: Any) -> None:
-        if isinstance(spec, dict):
-            if "expr" in spec:
-                self._exprs[spec["expr"]] = _compile_expr(spec["expr"])
-            for value in spec.values():
-                self._collect(value)
-        elif isinstance(spec, list):
-            for value in spec:
-                self._collect(value)
-
     def clock(self, as_of: datetime | None = None) -> RunClock:
         """The plan's clock at ``as_of`` (now when None), in the plan's time zone."""
         return RunClock.at(as_of, self.plan.timezone)
@@ -179,10 +306,12 @@ class PlanAgent:
     def runs_at(self, as_of: datetime | None = None) -> bool:
         """Whether ``run_when`` holds at ``as_of``: whether a run then may write anything. A
         flush asks before publishing an integration's patients, so on other runs they wait."""
-        if not self.plan.run_when:
+        return self._runs(self.clock(as_of))
+
+    def _runs(self, clock: RunClock) -> bool:
+        if self._run_when is None:
             return True
-        clock = self.clock(as_of)
-        return bool(self._search(self.plan.run_when, {"run": clock.context()}, clock))
+        return bool(self._run_when({"run": clock.context()}, clock.functions))
 
     def opens_at(self, as_of: datetime) -> datetime | None:
         """The first local midnight after ``as_of`` (within 62 days) when ``run_when`` holds;
@@ -195,36 +324,11 @@ class PlanAgent:
                 return moment
         return None
 
-    def _search(self, expr: str, context: dict[str, Any], clock: RunClock | None = None) -> Any:
-        options = (clock or self.clock()).options()
-        try:
-            return self._exprs[expr].search(context, options=options)
-        except JMESPathError as exc:
-            raise FatalError(f"plan expression {expr!r} failed: {exc}") from exc
-
-    def _value(self, spec: Any, context: dict[str, Any], clock: RunClock) -> Any:
-        if not isinstance(spec, dict):
-            return spec
-        if "const" in spec:
-            return spec["const"]
-        if "expr" in spec:
-            value = self._search(spec["expr"], context, clock)
-            for transform in spec.get("transforms", []):
-                value = apply_transform(transform, value, self.plan.tables)
-            return value
-        if "concat" in spec:
-            parts = [self._value(p, context, clock) for p in spec["concat"]]
-            text = str(spec.get("sep", "")).join(str(p) for p in parts if p not in (None, ""))
-            return text or None
-        if "fields" in spec:
-            return {k: self._value(v, context, clock) for k, v in spec["fields"].items()}
-        raise ConfigurationError(f"plan value spec {json.dumps(spec)[:80]} has no known kind")
-
-    def _removed(self, expr: str, base: dict[str, Any], clock: RunClock) -> list[Any]:
+    def _removed(self, expr: _Expr, base: dict[str, Any], functions: Functions) -> list[Any]:
         if base["previous"] is None:
             return []
-        before = self._search(expr, base["previous"], clock) or []
-        now = self._search(expr, base["entry"], clock) or []
+        before = expr(base["previous"], functions) or []
+        now = expr(base["entry"], functions) or []
         current = {str(i.get("id")) for i in now if isinstance(i, dict)}
         return [i for i in before if isinstance(i, dict) and str(i.get("id")) not in current]
 
@@ -241,7 +345,7 @@ class PlanAgent:
         RetriableError, with the wait until the next run window, when ``run_when`` does not
         hold: the patient is not recorded as processed, so nothing is lost."""
         clock = self.clock(as_of or entry.fetched_at)
-        if not self.runs_at(clock.as_of):
+        if not self._runs(clock):
             opens = self.opens_at(clock.as_of)
             wait = (opens - clock.as_of).total_seconds() if opens else None
             raise RetriableError(
@@ -249,26 +353,27 @@ class PlanAgent:
                 f"the patient waits for a run where it does",
                 retry_after=wait,
             )
+        functions = clock.functions
         base = {
             "entry": entry.data,
             "previous": previous.entry if previous else None,
             "run": clock.context(),
         }
-        if self.plan.skip_when and self._search(self.plan.skip_when, base, clock):
+        if self._skip_when is not None and self._skip_when(base, functions):
             return WritePlan.skip(entry.patient_id, self.plan.skip_reason, backend=self.name)
         operations: list[WriteOperation] = []
-        for step in self.plan.operations:
+        for step in self._steps:
             items: list[Any] = [None]
-            if step.for_each:
-                found = self._search(step.for_each, base, clock)
+            if step.for_each is not None:
+                found = step.for_each(base, functions)
                 items = list(found) if isinstance(found, list) else []
-            elif step.for_each_removed:
-                items = self._removed(step.for_each_removed, base, clock)
+            elif step.for_each_removed is not None:
+                items = self._removed(step.for_each_removed, base, functions)
             for item in items:
                 context = {**base, "item": item}
-                if step.when and not self._search(step.when, context, clock):
+                if step.when is not None and not step.when(context, functions):
                     continue
-                args = {k: self._value(v, context, clock) for k, v in step.args.items()}
+                args = {k: build(context, functions) for k, build in step.args.items()}
                 operations.append(
                     WriteOperation(target=step.target, operation=step.operation, args=args)
                 )

@@ -183,8 +183,13 @@ class RunClock:
         return self._options
 
     @cached_property
+    def functions(self) -> PlanFunctions:
+        """The plan functions bound to this clock (made once per clock)."""
+        return PlanFunctions(self)
+
+    @cached_property
     def _options(self) -> jmespath.Options:
-        return jmespath.Options(custom_functions=PlanFunctions(self))
+        return jmespath.Options(custom_functions=self.functions)
 
 
 class PlanFunctions(functions.Functions):

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.core.errors import PlanValidationError
 from app.core.models import WriteOperation, WritePlan
-from connectors.base import Declared
+from connectors.base import Declared, error_location
 
 TOOL_NAME = "submit_write_plan"
 
@@ -176,11 +176,32 @@ class PlanAnswer(BaseModel):
     operations: list[OperationAnswer] = Field(default_factory=list)
 
 
-def _describe(exc: ValidationError) -> str:
-    # Locations and messages only: the input values may hold patient data.
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
-    )
+# Error types whose pydantic message is built from the schema alone (the expected type, a
+# limit, the allowed literals). Other messages can quote the input (``value_error`` carries a
+# validator's own text, ``union_tag_invalid`` the tag given), so only their type is said.
+_SCHEMA_MESSAGES = frozenset(
+    {
+        "missing",
+        "extra_forbidden",
+        "literal_error",
+        "string_too_long",
+        "string_too_short",
+        "too_long",
+        "too_short",
+    }
+)
+
+
+def describe_validation(exc: ValidationError) -> str:
+    """``exc`` as ``location: problem`` lines joined by ``; ``, with no input value in them
+    (never ``str(exc)``, which appends ``input_value=...``): a model's answer may carry
+    patient data, and this text reaches the model, the logs and dead letters."""
+    problems = []
+    for err in exc.errors(include_input=False, include_url=False):
+        kind = err["type"]
+        said = err["msg"] if kind in _SCHEMA_MESSAGES or kind.endswith("_type") else kind
+        problems.append(f"{error_location(err['loc'])}: {said}")
+    return "; ".join(problems)
 
 
 def parse_answer(tool_input: Mapping[str, Any], patient_id: str, *, backend: str) -> WritePlan:
@@ -190,7 +211,7 @@ def parse_answer(tool_input: Mapping[str, Any], patient_id: str, *, backend: str
         answer = PlanAnswer.model_validate(dict(tool_input))
     except ValidationError as exc:
         raise PlanValidationError(
-            f"tool input does not match the schema: {_describe(exc)}"
+            f"tool input does not match the schema: {describe_validation(exc)}"
         ) from None
     if answer.action == "skip":
         if answer.operations:

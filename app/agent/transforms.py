@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
@@ -55,6 +57,14 @@ def _bool(value: Any) -> Any:
     return None if value is None else bool(value)
 
 
+@dataclass(frozen=True, slots=True)
+class Transform:
+    """A resolved transform: its name (for error messages) and the function it applies."""
+
+    name: str
+    apply: Callable[[Any], Any]
+
+
 TRANSFORMS: dict[str, Callable[..., Any]] = {
     "lower": lambda v: None if v is None else str(v).lower(),
     "upper": lambda v: None if v is None else str(v).upper(),
@@ -68,8 +78,9 @@ TRANSFORMS: dict[str, Callable[..., Any]] = {
 }
 
 
-def apply_transform(spec: str | Mapping[str, Any], value: Any, tables: Mapping[str, Any]) -> Any:
-    """Apply one transform: a name (``"lower"``) or ``{"name": ..., **params}``.
+def resolve_transform(spec: str | Mapping[str, Any], tables: Mapping[str, Any]) -> Transform:
+    """One transform, resolved once (at plan load): a name (``"lower"``) or
+    ``{"name": ..., **params}``. ConfigurationError for an unknown name or a missing table.
 
     ``{"name": "lookup", "table": T, "default": D}`` maps through the plan's table ``T``;
     ``{"name": "default", "value": V}`` replaces None.
@@ -80,10 +91,29 @@ def apply_transform(spec: str | Mapping[str, Any], value: Any, tables: Mapping[s
         table = tables.get(str(params.get("table")))
         if not isinstance(table, Mapping):
             raise ConfigurationError(f"plan lookup table {params.get('table')!r} is missing")
-        return table.get(str(value), params.get("default"))
+        fallback = params.get("default")
+        return Transform(name, lambda value: table.get(str(value), fallback))
     if name == "default":
-        return params.get("value") if value is None else value
+        replacement = params.get("value")
+        return Transform(name, lambda value: replacement if value is None else value)
     func = TRANSFORMS.get(name)
     if func is None:
         raise ConfigurationError(f"unknown plan transform {name!r}; known: {sorted(TRANSFORMS)}")
-    return func(value, **params)
+    if not params:
+        return Transform(name, func)
+    try:
+        inspect.signature(func).bind(None, **params)
+    except TypeError:
+        raise ConfigurationError(
+            f"plan transform {name!r} takes no parameters {sorted(params)}"
+        ) from None
+    return Transform(name, lambda value: func(value, **params))
+
+
+def apply_transform(spec: str | Mapping[str, Any], value: Any, tables: Mapping[str, Any]) -> Any:
+    """Apply one transform (see :func:`resolve_transform` for the forms a spec takes).
+
+    ``{"name": "lookup", "table": T, "default": D}`` maps through the plan's table ``T``;
+    ``{"name": "default", "value": V}`` replaces None.
+    """
+    return resolve_transform(spec, tables).apply(value)
