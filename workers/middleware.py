@@ -5,7 +5,9 @@ work item goes through that are not the pipeline's data work.
   two items of one batch) process the same patient at once; busy items go back to the queue.
   After the batch, release the leases.
 * :class:`AuditTrail` — after each item is settled (and before the queue hears of it), append
-  the audit record: what was written or why it was skipped (ids, operation names, kinds).
+  the audit record of an item that has none yet: why it was skipped or why it waits (kinds,
+  error texts built from ids). Items written, skipped by their plan, or gone from Healthie
+  were audited by the pipeline in the same atomic step as their state (``Outcome.audited``).
 * :class:`RunTally` — count outcomes per run; after the batch add them to each run's record
   (workers in many processes report into one run; the update that accounts for the run's
   last patient marks it finished, in the state store).
@@ -22,12 +24,11 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 from app.core.errors import PatientNotFound, SkippableError
 from app.core.models import Counts, WorkItem
-from app.state.base import AuditRecord, StateStore
-from workers.pipeline import Outcome
+from app.state.base import StateStore
+from workers.pipeline import Outcome, audit_record, error_detail
 
 log = logging.getLogger(__name__)
 
@@ -109,44 +110,25 @@ class PatientLeases(Middleware):
 
 
 class AuditTrail(Middleware):
-    """An audit record for every item written, skipped by its plan, or skipped by kind."""
+    """The audit records the pipeline could not store with a state: items skipped by kind
+    (acknowledged failures) and items waiting for their integration. Exactly one record per
+    written item comes from the pipeline itself; none is added here."""
 
     def __init__(self, state: StateStore) -> None:
         self._state = state
 
     def after_item(self, outcome: Outcome, action: str, kind: str | None) -> None:
-        """Record what was done (or, for a skippable error, why nothing was)."""
-        item = outcome.item
-        if outcome.status in ("written", "plan_skipped") and outcome.plan is not None:
-            plan = outcome.plan
-            self._append(
-                item,
-                outcome.status,
-                [f"{op.target}.{op.operation}" for op in plan.operations],
-                (f"replay of {item.replay_of}; " if item.replay_of else "")
-                + (plan.skip_reason or plan.rationale),
-            )
-        elif outcome.status == "failed" and action == "ack" and outcome.error is not None:
-            self._append(
-                item, f"skipped:{kind}", [], f"{type(outcome.error).__name__}: {outcome.error}"
-            )
-        elif action == "wait" and outcome.error is not None:
-            self._append(
-                item, f"waiting:{kind}", [], f"{type(outcome.error).__name__}: {outcome.error}"
-            )
+        """Record why nothing was done for a skipped or waiting item; nothing for an item
+        audited with its state, or retried (nacked) or dead-lettered (the dead letter says)."""
+        if outcome.audited or outcome.error is None:
+            return
+        if outcome.status == "failed" and action == "ack":
+            self._append(outcome.item, f"skipped:{kind}", error_detail(outcome.error))
+        elif action == "wait":
+            self._append(outcome.item, f"waiting:{kind}", error_detail(outcome.error))
 
-    def _append(self, item: WorkItem, outcome: str, operations: list[str], detail: str) -> None:
-        self._state.append_audit(
-            AuditRecord(
-                integration_id=item.integration_id,
-                patient_id=item.patient_id,
-                run_id=item.flush_id,
-                at=datetime.now(UTC),
-                outcome=outcome,
-                operations=operations,
-                detail=detail[:300] if outcome.startswith(("skipped", "waiting")) else detail,
-            )
-        )
+    def _append(self, item: WorkItem, outcome: str, detail: str) -> None:
+        self._state.append_audit(audit_record(item, outcome, (), detail))
 
 
 class RunTally(Middleware):

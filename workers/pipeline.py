@@ -1,10 +1,11 @@
 """The pipeline one pulled batch of work items goes through, stage by stage, forward only::
 
     fetch ──▶ prepare ──▶ decide ──▶ write ──▶ record
-    Healthie   canonical     agent      validate,    patient state
-    (aliased   JSON, hash,   (one call  then the     (the hash that
-    batches)   unchanged?    per inte-  target       makes the next
-               stop here     gration)   connectors   run skip)
+    Healthie   canonical     agent      validate,    patient state, appointment
+    (aliased   JSON, hash,   (one call  then the     index and audit record: one
+    batches)   unchanged?    per inte-  target       atomic step per item, one call
+               stop here     gration)   connectors   for the batch (the hash that
+                                                     makes the next run skip)
 
 :func:`run` drives the stages for the items of every integration in the batch and yields one
 :class:`Outcome` per item as soon as it has one; it never acks, nacks or dead-letters (that is
@@ -14,6 +15,12 @@ handed exactly the clients it uses (``app.service.runtime.IntegrationClients`` h
 A failure belongs to its own item: it is captured in that item's outcome, with the WritePlan
 when the agent had already decided, so a dead letter can keep the plan for replay. Only
 exceptions that are not ``Exception`` (a dying process) escape, leaving the batch unsettled.
+
+An item's audit record is stored with its state (:func:`record`, and :func:`gone` for patients
+Healthie no longer has), so its :class:`Outcome` says ``audited`` and ``workers.middleware``
+appends nothing more for it. Audit texts hold ids, kinds, operation names and the plan's
+backend, and of a plan's free text (a model's rationale may quote the entry) only its length:
+:func:`plan_detail`.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from app.healthie.client import HealthieClient
 from app.healthie.entry import canonicalize, content_hash
 from app.observability import metrics
 from app.service.runtime import IntegrationClients
-from app.state.base import PatientState, StateStore
+from app.state.base import AuditRecord, PatientRecord, PatientState, StateStore
 from connectors.base import Connector, Declared, Scope, Write
 from workers.backfill import RESYNC as RESYNC_WATERMARK
 
@@ -52,6 +59,8 @@ class Outcome:
     plan: WritePlan | None = None
     entry_hash: str | None = None
     error: Exception | None = None
+    #: its audit record was stored with its state, in the same atomic step
+    audited: bool = False
 
 
 @dataclass(frozen=True)
@@ -165,24 +174,40 @@ def _write_and_record(
             yield i, _failed(prepared, plan, exc)
         return
     faults.point("pipeline.written")
+    done: list[tuple[int, Prepared, WritePlan, list[Write]]] = []
     for (i, prepared, plan, writes), errors in zip(planned, results, strict=True):
         if errors:
             yield i, _failed(prepared, plan, errors[0])
+        else:
+            done.append((i, prepared, plan, writes))
+    if not done:
+        return
+    recorded: list[Exception | None]
+    try:
+        with metrics.stage_timer(clients.integration.id, "record"):
+            recorded = list(
+                record(
+                    state,
+                    [(prepared, plan) for _, prepared, plan, _ in done],
+                    rules=clients.rules,
+                )
+            )
+    except Exception as exc:  # noqa: BLE001 - the store failed as a whole: all share it
+        recorded = [exc] * len(done)
+    faults.point("pipeline.recorded")
+    for (i, prepared, plan, writes), error in zip(done, recorded, strict=True):
+        if error is not None:
+            yield i, _failed(prepared, plan, error)  # retried: the writes are idempotent
             continue
-        try:
-            status = record(state, prepared, plan, rules=clients.rules)
-        except Exception as exc:  # noqa: BLE001 - classified by the consumer, plan kept
-            yield i, _failed(prepared, plan, exc)
-            continue
-        faults.point("pipeline.recorded")
         yield (
             i,
             Outcome(
                 prepared.item,
-                status,
+                status_of(plan),
                 writes=len(writes),
                 plan=plan,
                 entry_hash=prepared.entry.content_hash,
+                audited=True,
             ),
         )
 
@@ -387,26 +412,86 @@ def kept_keys(writes: Sequence[Write], target: str) -> dict[str, set[str]]:
     return keep
 
 
-def record(state: StateStore, prepared: Prepared, plan: WritePlan, *, rules: str = "") -> Status:
-    """Stage 5: remember the entry, its hash, plan and rules, so the next run can skip it, and
-    index the appointments it contains (first: a failed index write leaves the item to retry,
-    not skipped as unchanged)."""
-    status: Status = "written" if plan.action == "write" else "plan_skipped"
-    item, entry = prepared.item, prepared.entry
-    state.index_appointments(item.integration_id, item.patient_id, appointment_ids(entry.data))
-    state.put_patient(
-        PatientState(
-            integration_id=item.integration_id,
-            patient_id=item.patient_id,
-            content_hash=entry.content_hash,
-            entry=entry.data,
-            plan=plan,
-            outcome=status,
-            updated_at=datetime.now(UTC),
-            rules=rules,
+def status_of(plan: WritePlan) -> Status:
+    """The outcome of an item whose plan was carried out."""
+    return "written" if plan.action == "write" else "plan_skipped"
+
+
+def record(
+    state: StateStore, done: Sequence[tuple[Prepared, WritePlan]], *, rules: str = ""
+) -> list[HealthieSyncError | None]:
+    """Stage 5: for every item whose plan was carried out, remember the entry, its hash, plan
+    and rules (so the next run can skip it), index the appointments it contains and append its
+    audit record — one atomic step per item, one state call for all of them
+    (``StateStore.record_patients``), so no item is ever recorded unaudited (and skipped from
+    then on) or audited unrecorded. Per item, None once recorded, or the error that kept it
+    from being recorded (it is retried)."""
+    now = datetime.now(UTC)
+    records = []
+    for prepared, plan in done:
+        item, entry = prepared.item, prepared.entry
+        status = status_of(plan)
+        records.append(
+            PatientRecord(
+                state=PatientState(
+                    integration_id=item.integration_id,
+                    patient_id=item.patient_id,
+                    content_hash=entry.content_hash,
+                    entry=entry.data,
+                    plan=plan,
+                    outcome=status,
+                    updated_at=now,
+                    rules=rules,
+                ),
+                appointment_ids=appointment_ids(entry.data),
+                audit=audit_record(item, status, operations_of(plan), plan_detail(item, plan)),
+            )
         )
+    return state.record_patients(records)
+
+
+# -- what the audit says (ids, kinds, names and lengths; never a patient value) --------------
+
+#: how much of an error text an audit record keeps (error texts carry ids only)
+ERROR_DETAIL_CHARS = 300
+
+
+def audit_record(
+    item: WorkItem, outcome: str, operations: Sequence[str] = (), detail: str = ""
+) -> AuditRecord:
+    """The audit record of ``item``, stamped now."""
+    return AuditRecord(
+        integration_id=item.integration_id,
+        patient_id=item.patient_id,
+        run_id=item.flush_id,
+        at=datetime.now(UTC),
+        outcome=outcome,
+        operations=list(operations),
+        detail=detail,
     )
-    return status
+
+
+def operations_of(plan: WritePlan) -> list[str]:
+    """``target.operation`` of each of the plan's operations, in order (never their args)."""
+    return [f"{op.target}.{op.operation}" for op in plan.operations]
+
+
+def plan_detail(item: WorkItem, plan: WritePlan) -> str:
+    """What the audit says of a carried-out plan: the dead letter it replays, the backend that
+    made it and the length of its free text. Never the text itself: a model's rationale or
+    skip reason may quote the entry (a name, a birth date, a phone number)."""
+    parts = [f"replay of {item.replay_of}"] if item.replay_of else []
+    parts.append(f"backend {plan.backend or 'unnamed'}")
+    if plan.action == "skip":
+        parts.append(f"skip reason of {len(plan.skip_reason or '')} characters")
+    parts.append(f"rationale of {len(plan.rationale)} characters")
+    return "; ".join(parts)
+
+
+def error_detail(exc: BaseException) -> str:
+    """An error's kind and text for the audit, cut to :data:`ERROR_DETAIL_CHARS` (the engine's
+    error texts are built from ids, kinds and field paths only: ``app.core.errors``)."""
+    return f"{type(exc).__name__}: {exc}"[:ERROR_DETAIL_CHARS]
 
 
 def appointment_ids(data: Mapping[str, Any]) -> list[str]:
@@ -459,8 +544,10 @@ def gone(clients: IntegrationClients, state: StateStore, item: WorkItem) -> Outc
     targets only: with the demo plan its patient row turns inactive and its appointment rows
     go (the plan's removal step), so a merged appointment is left only under the destination,
     which its own ``patient.merged`` mark re-syncs. The state records ``merged`` or
-    ``deleted`` (its appointments unindexed), so a repeat does nothing. The outcome is
-    PatientNotFound (acknowledged and audited); a failed write or purge is retried instead."""
+    ``deleted`` (its appointments unindexed) together with the audit record
+    (``skipped:patient_not_found``, with the operations written), so a repeat does nothing.
+    The outcome is PatientNotFound (acknowledged; audited already); a failed write, purge or
+    record is retried instead."""
     into = merged_into(item)
     what = f"merged into {into}" if into else "deleted"
     not_found = PatientNotFound(f"patient {item.patient_id} not found in Healthie ({what})")
@@ -497,22 +584,26 @@ def gone(clients: IntegrationClients, state: StateStore, item: WorkItem) -> Outc
                     return _failed(prepared, plan, errors[0])
         except Exception as exc:  # noqa: BLE001 - classified by the consumer
             return Outcome(item, "failed", plan=plan, error=exc)
+    gone_state = PatientState(
+        integration_id=item.integration_id,
+        patient_id=item.patient_id,
+        content_hash=entry.content_hash,
+        entry=data,
+        plan=plan,
+        outcome="merged" if into else "deleted",
+        updated_at=datetime.now(UTC),
+        rules=clients.rules,
+    )
+    written = operations_of(plan) if plan is not None and writes else []
+    audit = audit_record(item, f"skipped:{not_found.kind}", written, error_detail(not_found))
     try:
-        state.index_appointments(item.integration_id, item.patient_id, [])
-        state.put_patient(
-            PatientState(
-                integration_id=item.integration_id,
-                patient_id=item.patient_id,
-                content_hash=entry.content_hash,
-                entry=data,
-                plan=plan,
-                outcome="merged" if into else "deleted",
-                updated_at=datetime.now(UTC),
-                rules=clients.rules,
-            )
+        (refused,) = state.record_patients(
+            [PatientRecord(state=gone_state, appointment_ids=[], audit=audit)]
         )
     except Exception as exc:  # noqa: BLE001 - retried: the writes are idempotent
         return Outcome(item, "failed", plan=plan, error=exc)
+    if refused is not None:
+        return Outcome(item, "failed", plan=plan, error=refused)
     return Outcome(
         item,
         "failed",
@@ -520,4 +611,5 @@ def gone(clients: IntegrationClients, state: StateStore, item: WorkItem) -> Outc
         plan=plan,
         entry_hash=entry.content_hash,
         error=not_found,
+        audited=True,
     )

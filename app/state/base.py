@@ -2,16 +2,23 @@
 the index of dead letters that lets an operator list them without touching the queue
 (``workers.deadletters`` keeps it in step with the dead-letter subscription), and the index
 from an appointment to the patients whose recorded entries contained it (kept by
-``workers.pipeline.record``, read by the flusher for appointment events)."""
+``workers.pipeline.record``, read by the flusher for appointment events).
+
+What a processed item leaves behind is recorded as one step, :meth:`StateStore.record_patients`:
+its state, its appointment index and its audit record, atomically and for many items in one
+call. So no crash can leave a patient recorded (and skipped as unchanged from then on) without
+its audit record, or audited without its state."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
+from uuid import uuid4
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, model_validator
 
+from app.core.errors import HealthieSyncError
 from app.core.models import Counts, RunRecord, WritePlan
 
 
@@ -40,6 +47,27 @@ class AuditRecord(BaseModel):
     outcome: str
     operations: list[str] = []
     detail: str = ""
+
+
+class PatientRecord(BaseModel):
+    """What one processed item leaves in the state, recorded as one atomic step: the patient's
+    new state, the appointments its entry holds (replacing the patient's indexed set, as
+    :meth:`StateStore.index_appointments` does) and the item's audit record."""
+
+    state: PatientState
+    appointment_ids: list[str] = []
+    audit: AuditRecord
+    #: names the step: recording the same key again rewrites its audit record, never adds one
+    key: str = Field(default_factory=lambda: uuid4().hex, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_patient(self) -> Self:
+        if (self.audit.integration_id, self.audit.patient_id) != (
+            self.state.integration_id,
+            self.state.patient_id,
+        ):
+            raise ValueError("a patient record's audit must be its own patient's")
+        return self
 
 
 class PendingPatient(BaseModel):
@@ -109,6 +137,25 @@ class StateStore(Protocol):
 
     def append_audit(self, record: AuditRecord) -> None:
         """Append one audit record."""
+        ...
+
+    def list_audit(self, integration_id: str, patient_id: str | None = None) -> list[AuditRecord]:
+        """The integration's audit records (of one patient, when given) in the order they were
+        written."""
+        ...
+
+    def record_patients(self, records: Sequence[PatientRecord]) -> list[HealthieSyncError | None]:
+        """Record each of ``records`` — its patient state (``put_patient``), its appointment
+        index (``index_appointments``) and its audit record — in one atomic step: after any
+        failure or crash a record is stored whole or not at all (an index larger than one
+        commit may be partly replaced ahead of it; the next record of the patient replaces it
+        again). Audit records list in the given order; a patient named twice keeps the later
+        state and index. Recording a ``key`` again replaces its state and index and keeps one
+        audit record for it.
+
+        Returns, per record, None once it is stored, or the engine error that kept it from
+        being stored (the store refused it, e.g. over a document limit, or the commit that
+        held it failed); store failures are returned, not raised."""
         ...
 
     def get_synced(self, integration_id: str, patient_id: str) -> dict[str, str]:

@@ -7,7 +7,8 @@ Layout (``{prefix}`` lets several deployments, or test runs, share one project):
                                       entry and plan as canonical JSON text
         {prefix}-runs/{run_id}        RunRecord fields; started_at / finished_at as timestamps
         watermarks/{name}             {"value": timestamp}
-        audit/{random id}             AuditRecord fields, ``at`` as a timestamp, plus ``seq``
+        audit/{random id | key}       AuditRecord fields, ``at`` as a timestamp, plus ``seq``;
+                                      named by the record's key when recorded with its state
         pending/{patient_id}          PendingPatient: patient_id, dirty_since (timestamp),
                                       reasons (sorted array), version
         synced/{patient_id}           {"digests": {name: digest}}, merged per name
@@ -35,10 +36,18 @@ Choices that differ from a naive ``model_dump`` and why:
 * Datetimes are stored as Firestore timestamps, so runs sort by instant; they come back as
   aware UTC (a naive datetime is read as UTC, as the client library does).
 * ``seq`` orders the audit: the writer's wall clock in nanoseconds, forced strictly
-  increasing within the process, then the document's random id as a tie-breaker. Appends
+  increasing within the process, then the document's id as a tie-breaker. Appends
   from one process list in write order; across processes the order is as good as the clocks
-  (NTP, milliseconds). The document id is chosen before the write, so a retried commit
-  rewrites the same record instead of duplicating it.
+  (NTP, milliseconds). The document id is chosen before the write (random, or the
+  ``PatientRecord.key``), so a retried commit rewrites the same record instead of duplicating
+  it; a record recorded again under its key moves to the position of the later write.
+* ``record_patients`` writes each record's stale index pairs (deleted), new pairs, state and
+  audit record in one atomic batch, and packs whole records into batches of at most 500
+  writes, so a patient's state never commits without its audit record or the reverse. Only an
+  index of more than 498 changed pairs spills: its first pairs commit in batches of their own
+  ahead of the record's batch (a re-record replaces them). The stored pairs are read first,
+  30 patients per ``in`` query; callers hold the patients' leases, so nobody indexes them
+  meanwhile.
 
 Limits: a document is at most 1 MiB (1,048,576 bytes, counted as Firestore does: UTF-8 bytes
 of strings plus one, eight bytes per number or timestamp, the path, 32 bytes overhead). A
@@ -53,7 +62,7 @@ its writes in one atomic batch where every write carries a precondition on what 
 (``create`` for "still absent", ``last_update_time`` for "unchanged since read"). A concurrent
 change fails the whole batch (``AlreadyExists`` / ``FailedPrecondition``), nothing is written,
 and the cycle runs again from a fresh read after a short jittered pause, until it commits or
-``timeout`` has passed (then ``UpstreamUnavailable``: contention, try later). Each read and
+``timeout`` has passed (then ``StoreUnavailable``: contention, try later). Each read and
 commit keeps its own ``timeout``, so a contended call may take a few times ``timeout``. A
 batch holds at most 500 writes, so ``add_pending`` and ``remove_pending`` commit 500 patients
 at a time: each batch is atomic, a whole larger call is not (SQLite's is), which is harmless
@@ -84,8 +93,9 @@ patient filters by equality and sorts in memory, so it needs no composite index;
 ``list_dead_letters`` for one integration (the index is one top-level collection, so listing
 every integration's dead letters is a plain ordered query, not a collection-group one).
 
-Errors are converted here: unavailable, deadline, internal, aborted → ``UpstreamUnavailable``
-(after the store's own retries, bounded by ``timeout``); quota → ``RateLimited``; permission,
+Errors are converted here: unavailable, deadline, internal, aborted, transport errors and
+lasting contention → ``StoreUnavailable`` (after the store's own retries, bounded by
+``timeout``: retriable, and a 503 on request paths); quota → ``RateLimited``; permission,
 authentication, invalid argument, missing database or index → ``ConfigurationError``; any
 other refusal → ``FatalError``. A precondition failure on commit is not an error but a lost
 race: the cycle above retries it.
@@ -113,11 +123,11 @@ from app.core.errors import (
     FatalError,
     HealthieSyncError,
     RateLimited,
-    UpstreamUnavailable,
+    StoreUnavailable,
 )
 from app.core.models import Counts, RunRecord, WritePlan
 from app.resilience.retry import Backoff, RetryPolicy, google_rpc_retry
-from app.state.base import AuditRecord, DeadLetter, PatientState, PendingPatient
+from app.state.base import AuditRecord, DeadLetter, PatientRecord, PatientState, PendingPatient
 
 #: Firestore's maximum document size, in its own accounting.
 MAX_DOCUMENT_BYTES = 1_048_576
@@ -147,6 +157,8 @@ _CONFLICTS = (gexc.AlreadyExists, gexc.FailedPrecondition)
 
 _T = TypeVar("_T")
 _Snapshot = firestore.DocumentSnapshot[firestore.DocumentReference]
+#: one write of a batch: set the document to the map, or delete it (None)
+_Write = tuple[firestore.DocumentReference, dict[str, Any] | None]
 
 
 class FirestoreStateStore:
@@ -190,19 +202,50 @@ class FirestoreStateStore:
 
     def put_patient(self, state: PatientState) -> None:
         """Replace the patient's state; ``FatalError`` if it exceeds Firestore's 1 MiB limit."""
-        ref = self._doc(state.integration_id, "patients", state.patient_id)
-        doc = state.model_dump(mode="json", exclude={"entry", "plan", "updated_at"})
-        doc["updated_at"] = _to_firestore(state.updated_at)
-        doc["entry"] = _json_text(state.model_dump(mode="json", include={"entry"})["entry"])
-        doc["plan"] = state.plan.model_dump_json() if state.plan is not None else None
-        size = _document_size(ref.path, doc)
-        if size > MAX_DOCUMENT_BYTES:
-            raise FatalError(
-                f"state of patient {state.patient_id!r} in integration {state.integration_id!r} "
-                f"is {size} bytes, over Firestore's {MAX_DOCUMENT_BYTES}-byte (1 MiB) document "
-                "limit; the entry is too large to remember, so it was not stored"
-            )
+        ref, doc = self._patient_doc(state)
         self._set(ref, doc, "write patient state")
+
+    def record_patients(self, records: Sequence[PatientRecord]) -> list[HealthieSyncError | None]:
+        """Each record's index changes, state and audit record in one atomic batch, whole
+        records packed up to 500 writes a batch (see the module docstring). A state over
+        1 MiB is refused (``FatalError``) before anything of its record is written; the first
+        commit that fails fails its records and every later one, which stay unwritten."""
+        results: list[HealthieSyncError | None] = [None] * len(records)
+        docs: dict[int, tuple[firestore.DocumentReference, dict[str, Any]]] = {}
+        for n, record in enumerate(records):
+            try:
+                docs[n] = self._patient_doc(record.state)
+            except FatalError as exc:
+                results[n] = exc
+        try:
+            held = self._indexed(
+                {(records[n].state.integration_id, records[n].state.patient_id) for n in docs}
+            )
+        except HealthieSyncError as exc:
+            return [exc if n in docs else error for n, error in enumerate(results)]
+        units: list[tuple[int | None, list[_Write]]] = []
+        for n, (state_ref, state_doc) in docs.items():
+            record = records[n]
+            patient = (record.state.integration_id, record.state.patient_id)
+            writes = self._index_writes(*patient, held.get(patient, set()), record.appointment_ids)
+            held[patient] = set(record.appointment_ids)
+            writes += [(state_ref, state_doc), self._audit_write(record.audit, record.key)]
+            spill = len(writes) - _MAX_BATCH_WRITES
+            if spill > 0:  # only index pairs spill: state and audit stay together
+                for start in range(0, spill, _MAX_BATCH_WRITES):
+                    units.append((None, writes[start : min(start + _MAX_BATCH_WRITES, spill)]))
+                writes = writes[spill:]
+            units.append((n, writes))
+        batches = _pack(units)
+        for k, (_, writes) in enumerate(batches):
+            try:
+                self._write_batch(writes, "record patients")
+            except HealthieSyncError as exc:
+                for owners, _ in batches[k:]:
+                    for n in owners:
+                        results[n] = exc
+                break
+        return results
 
     def save_run(self, run: RunRecord) -> None:
         """Insert or update ``run`` as SQLite does: an update keeps the counts workers added
@@ -295,10 +338,7 @@ class FirestoreStateStore:
 
     def append_audit(self, record: AuditRecord) -> None:
         """Append one record."""
-        ref = self._integration(record.integration_id).collection("audit").document()
-        doc = record.model_dump(mode="json")
-        doc["at"] = _to_firestore(record.at)
-        doc["seq"] = f"{_CLOCK.next():020d}-{ref.id}"
+        ref, doc = self._audit_write(record, None)
         self._set(ref, doc, "append audit record")
 
     def get_synced(self, integration_id: str, patient_id: str) -> dict[str, str]:
@@ -483,7 +523,7 @@ class FirestoreStateStore:
         for start in range(0, len(writes), _MAX_BATCH_WRITES):
             batch = self._client.batch()
             for appointment_id, add in writes[start : start + _MAX_BATCH_WRITES]:
-                ref = index.document(f"{_doc_id(appointment_id)}~{_doc_id(patient_id)}")
+                ref = index.document(_pair_id(appointment_id, patient_id))
                 if add:
                     batch.set(ref, {"appointment_id": appointment_id, "patient_id": patient_id})
                 else:
@@ -524,6 +564,79 @@ class FirestoreStateStore:
 
     def _lease(self, name: str) -> firestore.DocumentReference:
         return self._client.collection(f"{self._prefix}-leases").document(_doc_id(name))
+
+    def _patient_doc(
+        self, state: PatientState
+    ) -> tuple[firestore.DocumentReference, dict[str, Any]]:
+        """The state's document; ``FatalError`` if it exceeds Firestore's 1 MiB limit."""
+        ref = self._doc(state.integration_id, "patients", state.patient_id)
+        doc = state.model_dump(mode="json", exclude={"entry", "plan", "updated_at"})
+        doc["updated_at"] = _to_firestore(state.updated_at)
+        doc["entry"] = _json_text(state.model_dump(mode="json", include={"entry"})["entry"])
+        doc["plan"] = state.plan.model_dump_json() if state.plan is not None else None
+        size = _document_size(ref.path, doc)
+        if size > MAX_DOCUMENT_BYTES:
+            raise FatalError(
+                f"state of patient {state.patient_id!r} in integration {state.integration_id!r} "
+                f"is {size} bytes, over Firestore's {MAX_DOCUMENT_BYTES}-byte (1 MiB) document "
+                "limit; the entry is too large to remember, so it was not stored"
+            )
+        return ref, doc
+
+    def _audit_write(
+        self, record: AuditRecord, key: str | None
+    ) -> tuple[firestore.DocumentReference, dict[str, Any]]:
+        """The audit record's document: named by ``key``, or a random id; ``seq`` taken now."""
+        audit = self._integration(record.integration_id).collection("audit")
+        ref = audit.document(_doc_id(key)) if key is not None else audit.document()
+        doc = record.model_dump(mode="json")
+        doc["at"] = _to_firestore(record.at)
+        doc["seq"] = f"{_CLOCK.next():020d}-{ref.id}"
+        return ref, doc
+
+    def _indexed(self, patients: set[tuple[str, str]]) -> dict[tuple[str, str], set[str]]:
+        """The stored appointment pairs of ``patients`` ((integration, patient) pairs), read
+        with ``in`` queries of 30 patients (Firestore's cap on ``in`` values)."""
+        by_integration: dict[str, list[str]] = {}
+        for integration_id, patient_id in sorted(patients):
+            by_integration.setdefault(integration_id, []).append(patient_id)
+        held: dict[tuple[str, str], set[str]] = {}
+        for integration_id, ids in by_integration.items():
+            index = self._integration(integration_id).collection("appointment-index")
+            for start in range(0, len(ids), 30):
+                chunk = ids[start : start + 30]
+                query = index.where(filter=firestore.FieldFilter("patient_id", "in", chunk))
+                for doc in self._stream(query, "read appointment index"):
+                    key = (integration_id, str(doc["patient_id"]))
+                    held.setdefault(key, set()).add(str(doc["appointment_id"]))
+        return held
+
+    def _index_writes(
+        self, integration_id: str, patient_id: str, stored: set[str], wanted: Sequence[str]
+    ) -> list[_Write]:
+        """What turns the patient's ``stored`` pairs into ``wanted``: stale ones deleted first,
+        then the new ones set."""
+        index = self._integration(integration_id).collection("appointment-index")
+        keep = set(wanted)
+        writes: list[_Write] = []
+        for appointment_id in sorted(stored - keep):
+            writes.append((index.document(_pair_id(appointment_id, patient_id)), None))
+        for appointment_id in sorted(keep - stored):
+            pair = {"appointment_id": appointment_id, "patient_id": patient_id}
+            writes.append((index.document(_pair_id(appointment_id, patient_id)), pair))
+        return writes
+
+    def _write_batch(self, writes: Sequence[_Write], action: str) -> None:
+        """Commit ``writes`` as one atomic batch (sets and deletes: a retried commit rewrites
+        the same documents, so the client's retries are safe)."""
+        batch = self._client.batch()
+        for ref, doc in writes:
+            if doc is None:
+                batch.delete(ref)
+            else:
+                batch.set(ref, doc)
+        with _vendor_errors(action):
+            batch.commit(retry=self._retry, timeout=self._timeout)
 
     def _stage(
         self, integration_id: str, chunk: Mapping[str, tuple[datetime, set[str], int]]
@@ -594,7 +707,7 @@ class FirestoreStateStore:
         try:
             return policy.call(cycle)
         except ConflictingWrite as changed:
-            raise UpstreamUnavailable(
+            raise StoreUnavailable(
                 f"Firestore: {action} failed: the documents kept changing under it for "
                 f"{self._timeout:g}s (contention)"
             ) from changed.__cause__
@@ -639,13 +752,13 @@ def convert_error(exc: Exception, action: str) -> HealthieSyncError:
     if isinstance(exc, gexc.ResourceExhausted | gexc.TooManyRequests):
         return RateLimited(message)
     if isinstance(exc, _RETRIABLE):  # Aborted is a 409, yet a retry resolves the contention
-        return UpstreamUnavailable(message)
+        return StoreUnavailable(message)
     if isinstance(exc, _CONFIGURATION):
         return ConfigurationError(message)
     if isinstance(exc, gexc.ClientError):
         return FatalError(message)
     # 5xx and transport errors: the same call may work later.
-    return UpstreamUnavailable(message)
+    return StoreUnavailable(message)
 
 
 @contextmanager
@@ -670,6 +783,24 @@ class _MonotonicClock:
 
 
 _CLOCK = _MonotonicClock()
+
+
+def _pack(units: Sequence[tuple[int | None, list[_Write]]]) -> list[tuple[list[int], list[_Write]]]:
+    """Whole units into batches of at most 500 writes, in order; per batch, the records whose
+    last unit it holds (a unit of None owns no record: the spill of a large index)."""
+    batches: list[tuple[list[int], list[_Write]]] = []
+    for owner, writes in units:
+        if not batches or len(batches[-1][1]) + len(writes) > _MAX_BATCH_WRITES:
+            batches.append(([], []))
+        owners, held = batches[-1]
+        held.extend(writes)
+        if owner is not None:
+            owners.append(owner)
+    return batches
+
+
+def _pair_id(appointment_id: str, patient_id: str) -> str:
+    return f"{_doc_id(appointment_id)}~{_doc_id(patient_id)}"
 
 
 def _doc_id(value: str) -> str:

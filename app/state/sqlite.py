@@ -1,4 +1,11 @@
-"""SQLite state store: the embedded default, and with ``":memory:"`` the unit-test fake."""
+"""SQLite state store: the embedded default, and with ``":memory:"`` the unit-test fake.
+
+Every call runs under one lock on one connection (``_using``); a write of several statements
+runs in one ``BEGIN IMMEDIATE`` transaction (``_transaction``), so other processes sharing the
+file see all of it or none. A writer waits at most ``busy_timeout`` seconds for another's
+lock; then, and when the disk is full, the call raises ``StoreUnavailable`` (retriable: a
+worker retries the item, a request path answers 503), converted in ``_using`` only.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +13,18 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from app.core.errors import HealthieSyncError, StoreUnavailable
 from app.core.models import Counts, RunRecord, merge_run
-from app.state.base import AuditRecord, DeadLetter, PatientState, PendingPatient
+from app.state.base import AuditRecord, DeadLetter, PatientRecord, PatientState, PendingPatient
+
+#: SQLite's primary result codes that mean "not now" rather than "never": another writer
+#: holds the lock (busy, locked) or the disk is full.
+_UNAVAILABLE = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL})
 
 
 def _utc(value: datetime) -> datetime:
@@ -56,27 +69,73 @@ CREATE TABLE IF NOT EXISTS synced (
 );
 CREATE TABLE IF NOT EXISTS audit (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, integration_id TEXT NOT NULL, patient_id TEXT NOT NULL,
-  body TEXT NOT NULL
+  body TEXT NOT NULL, record_key TEXT
 );
 """
+#: after the migration that adds ``record_key`` to audit tables created before it existed
+_AUDIT_KEY_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS audit_by_key ON audit (record_key)"
+
+
+def convert_error(exc: sqlite3.OperationalError, action: str) -> StoreUnavailable | None:
+    """``StoreUnavailable`` for a locked, busy or full database; None for anything else (a
+    bug or a damaged file, raised as it is). SQLite's messages carry no values."""
+    code = getattr(exc, "sqlite_errorcode", None)  # absent on errors the module raises itself
+    if code is None or code & 0xFF not in _UNAVAILABLE:
+        return None
+    return StoreUnavailable(f"SQLite state store: {action} failed: {exc}")
 
 
 class SqliteStateStore:
     """State in one SQLite file; thread-safe within a process."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout: float = 30.0) -> None:
+        """``busy_timeout``: seconds a call waits for another writer's lock before it raises
+        ``StoreUnavailable``."""
         path = str(path)
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        self._db = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, timeout=busy_timeout
+        )
+        with self._using("open the state store") as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(audit)")}
+            if "record_key" not in columns:
+                db.execute("ALTER TABLE audit ADD COLUMN record_key TEXT")
+            db.execute(_AUDIT_KEY_INDEX)
+
+    @contextmanager
+    def _using(self, action: str) -> Iterator[sqlite3.Connection]:
+        """The connection, held under the lock; the one place SQLite's errors are converted."""
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.OperationalError as exc:
+                converted = convert_error(exc, action)
+                if converted is None:
+                    raise
+                raise converted from exc
+
+    @contextmanager
+    def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+        """``_using`` inside one immediate transaction: committed if the block returns, rolled
+        back otherwise (unless SQLite already rolled it back, as it may on a full disk)."""
+        with self._using(action) as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
 
     def get_patient(self, integration_id: str, patient_id: str) -> PatientState | None:
         """The last processed state of the patient, or None."""
-        with self._lock:
-            row = self._db.execute(
+        with self._using("read patient state") as db:
+            row = db.execute(
                 "SELECT body FROM patients WHERE integration_id=? AND patient_id=?",
                 (integration_id, patient_id),
             ).fetchone()
@@ -84,41 +143,69 @@ class SqliteStateStore:
 
     def put_patient(self, state: PatientState) -> None:
         """Replace the patient's state."""
-        with self._lock:
-            self._db.execute(
+        with self._using("write patient state") as db:
+            db.execute(
                 "INSERT OR REPLACE INTO patients VALUES (?,?,?)",
                 (state.integration_id, state.patient_id, state.model_dump_json()),
             )
+
+    def record_patients(self, records: Sequence[PatientRecord]) -> list[HealthieSyncError | None]:
+        """Every record in one immediate transaction, a few ``executemany`` statements for
+        the whole call: all of them are stored, or (the error in every slot) none."""
+        if not records:
+            return []
+        # A patient named twice keeps its last record's index, as sequential calls would.
+        indexed = {(r.state.integration_id, r.state.patient_id): r.appointment_ids for r in records}
+        pairs = [
+            (iid, appointment_id, pid)
+            for (iid, pid), ids in indexed.items()
+            for appointment_id in dict.fromkeys(ids)
+        ]
+        states = [
+            (r.state.integration_id, r.state.patient_id, r.state.model_dump_json()) for r in records
+        ]
+        audits = [
+            (r.audit.integration_id, r.audit.patient_id, r.audit.model_dump_json(), r.key)
+            for r in records
+        ]
+        try:
+            with self._transaction("record patients") as db:
+                db.executemany(
+                    "DELETE FROM appointment_index WHERE integration_id=? AND patient_id=?",
+                    list(indexed),
+                )
+                db.executemany("INSERT OR IGNORE INTO appointment_index VALUES (?,?,?)", pairs)
+                db.executemany("INSERT OR REPLACE INTO patients VALUES (?,?,?)", states)
+                db.executemany(
+                    "INSERT INTO audit(integration_id, patient_id, body, record_key)"
+                    " VALUES (?,?,?,?) ON CONFLICT (record_key) DO UPDATE SET body=excluded.body",
+                    audits,
+                )
+        except StoreUnavailable as exc:
+            return [exc] * len(records)
+        return [None] * len(records)
 
     def save_run(self, run: RunRecord) -> None:
         """Insert or update ``run`` in one immediate transaction: an update keeps the counts
         workers added meanwhile and a finished run stays final (``merge_run``), and a published
         run whose patients all have their outcome is stored finished (``RunRecord.settle``)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute(
-                    "SELECT body FROM runs WHERE run_id=?", (run.run_id,)
-                ).fetchone()
-                stored = (
-                    merge_run(RunRecord.model_validate_json(row[0]), run)
-                    if row
-                    else run.model_copy(deep=True)
-                )
-                stored.settle(datetime.now(UTC))
-                self._db.execute(
-                    "INSERT OR REPLACE INTO runs VALUES (?,?,?,?)",
-                    (
-                        stored.run_id,
-                        stored.integration_id,
-                        stored.started_at.isoformat(),
-                        stored.model_dump_json(),
-                    ),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction("save run") as db:
+            row = db.execute("SELECT body FROM runs WHERE run_id=?", (run.run_id,)).fetchone()
+            stored = (
+                merge_run(RunRecord.model_validate_json(row[0]), run)
+                if row
+                else run.model_copy(deep=True)
+            )
+            stored.settle(datetime.now(UTC))
+            db.execute(
+                "INSERT OR REPLACE INTO runs VALUES (?,?,?,?)",
+                (
+                    stored.run_id,
+                    stored.integration_id,
+                    stored.started_at.isoformat(),
+                    stored.model_dump_json(),
+                ),
+            )
 
     def list_runs(self, integration_id: str | None = None, limit: int = 20) -> list[RunRecord]:
         """Most recent first."""
@@ -128,39 +215,32 @@ class SqliteStateStore:
             query += " WHERE integration_id=?"
             params = (integration_id,)
         query += " ORDER BY started_at DESC LIMIT ?"
-        with self._lock:
-            rows = self._db.execute(query, (*params, limit)).fetchall()
+        with self._using("list runs") as db:
+            rows = db.execute(query, (*params, limit)).fetchall()
         return [RunRecord.model_validate_json(r[0]) for r in rows]
 
     def add_run_counts(self, integration_id: str, run_id: str, counts: Counts) -> None:
         """Read-modify-write in one immediate transaction (atomic across processes); the
         update that completes a published run marks it finished, and a finished run's counts
         no longer change (a late duplicate delivery is not counted twice)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute(
-                    "SELECT body FROM runs WHERE run_id=? AND integration_id=?",
-                    (run_id, integration_id),
-                ).fetchone()
-                if row is not None:
-                    run = RunRecord.model_validate_json(row[0])
-                    if run.status != "finished":
-                        run.counts = run.counts.add(counts)
-                        run.settle(datetime.now(UTC))
-                        self._db.execute(
-                            "UPDATE runs SET body=? WHERE run_id=?",
-                            (run.model_dump_json(), run_id),
-                        )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction("add run counts") as db:
+            row = db.execute(
+                "SELECT body FROM runs WHERE run_id=? AND integration_id=?",
+                (run_id, integration_id),
+            ).fetchone()
+            if row is not None:
+                run = RunRecord.model_validate_json(row[0])
+                if run.status != "finished":
+                    run.counts = run.counts.add(counts)
+                    run.settle(datetime.now(UTC))
+                    db.execute(
+                        "UPDATE runs SET body=? WHERE run_id=?", (run.model_dump_json(), run_id)
+                    )
 
     def get_watermark(self, integration_id: str, name: str) -> datetime | None:
         """The stored mark, or None."""
-        with self._lock:
-            row = self._db.execute(
+        with self._using("read watermark") as db:
+            row = db.execute(
                 "SELECT value FROM watermarks WHERE integration_id=? AND name=?",
                 (integration_id, name),
             ).fetchone()
@@ -168,24 +248,24 @@ class SqliteStateStore:
 
     def set_watermark(self, integration_id: str, name: str, value: datetime) -> None:
         """Store the mark."""
-        with self._lock:
-            self._db.execute(
+        with self._using("write watermark") as db:
+            db.execute(
                 "INSERT OR REPLACE INTO watermarks VALUES (?,?,?)",
                 (integration_id, name, value.isoformat()),
             )
 
     def append_audit(self, record: AuditRecord) -> None:
         """Append one record."""
-        with self._lock:
-            self._db.execute(
+        with self._using("append audit record") as db:
+            db.execute(
                 "INSERT INTO audit(integration_id, patient_id, body) VALUES (?,?,?)",
                 (record.integration_id, record.patient_id, record.model_dump_json()),
             )
 
     def get_synced(self, integration_id: str, patient_id: str) -> dict[str, str]:
         """The patient's digests by name."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._using("read synced digests") as db:
+            rows = db.execute(
                 "SELECT name, digest FROM synced WHERE integration_id=? AND patient_id=?",
                 (integration_id, patient_id),
             ).fetchall()
@@ -193,8 +273,8 @@ class SqliteStateStore:
 
     def put_synced(self, integration_id: str, patient_id: str, digests: Mapping[str, str]) -> None:
         """Upsert one row per name."""
-        with self._lock:
-            self._db.executemany(
+        with self._using("write synced digests") as db:
+            db.executemany(
                 "INSERT OR REPLACE INTO synced VALUES (?,?,?,?)",
                 [(integration_id, patient_id, k, v) for k, v in digests.items()],
             )
@@ -205,48 +285,42 @@ class SqliteStateStore:
         if patient_id:
             query += " AND patient_id=?"
             params.append(patient_id)
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY seq", params).fetchall()
+        with self._using("list audit records") as db:
+            rows = db.execute(query + " ORDER BY seq", params).fetchall()
         return [AuditRecord.model_validate_json(r[0]) for r in rows]
 
     def add_pending(self, integration_id: str, patients: Sequence[PendingPatient]) -> None:
         """Upsert staged patients in one transaction."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for p in patients:
-                    row = self._db.execute(
-                        "SELECT dirty_since, reasons FROM pending"
-                        " WHERE integration_id=? AND patient_id=?",
-                        (integration_id, p.patient_id),
-                    ).fetchone()
-                    since, reasons = _utc(p.dirty_since), set(p.reasons)
-                    if row is not None:
-                        since = min(since, _utc(datetime.fromisoformat(row[0])))
-                        reasons |= set(json.loads(row[1]))
-                    self._db.execute(
-                        "INSERT INTO pending VALUES (?,?,?,?,1)"
-                        " ON CONFLICT (integration_id, patient_id) DO UPDATE SET"
-                        " dirty_since=excluded.dirty_since, reasons=excluded.reasons,"
-                        " version=pending.version+1",
-                        (
-                            integration_id,
-                            p.patient_id,
-                            _utc(since).isoformat(),
-                            json.dumps(sorted(reasons)),
-                        ),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction("stage pending patients") as db:
+            for p in patients:
+                row = db.execute(
+                    "SELECT dirty_since, reasons FROM pending"
+                    " WHERE integration_id=? AND patient_id=?",
+                    (integration_id, p.patient_id),
+                ).fetchone()
+                since, reasons = _utc(p.dirty_since), set(p.reasons)
+                if row is not None:
+                    since = min(since, _utc(datetime.fromisoformat(row[0])))
+                    reasons |= set(json.loads(row[1]))
+                db.execute(
+                    "INSERT INTO pending VALUES (?,?,?,?,1)"
+                    " ON CONFLICT (integration_id, patient_id) DO UPDATE SET"
+                    " dirty_since=excluded.dirty_since, reasons=excluded.reasons,"
+                    " version=pending.version+1",
+                    (
+                        integration_id,
+                        p.patient_id,
+                        _utc(since).isoformat(),
+                        json.dumps(sorted(reasons)),
+                    ),
+                )
 
     def list_pending(
         self, integration_id: str, *, after: str | None = None, limit: int = 1000
     ) -> list[PendingPatient]:
         """One page of staged patients in patient-id order."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._using("list pending patients") as db:
+            rows = db.execute(
                 "SELECT patient_id, dirty_since, reasons, version FROM pending"
                 " WHERE integration_id=? AND patient_id > ? ORDER BY patient_id LIMIT ?",
                 (integration_id, after or "", max(0, limit)),
@@ -263,8 +337,8 @@ class SqliteStateStore:
 
     def remove_pending(self, integration_id: str, patients: Sequence[PendingPatient]) -> None:
         """Delete the listed versions only."""
-        with self._lock:
-            self._db.executemany(
+        with self._using("remove pending patients") as db:
+            db.executemany(
                 "DELETE FROM pending WHERE integration_id=? AND patient_id=? AND version=?",
                 [(integration_id, p.patient_id, p.version) for p in patients],
             )
@@ -272,8 +346,8 @@ class SqliteStateStore:
     def try_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
         """Take or renew the lease with one conditional upsert."""
         now = time.time()
-        with self._lock:
-            cursor = self._db.execute(
+        with self._using("take lease") as db:
+            cursor = db.execute(
                 "INSERT INTO leases VALUES (?,?,?) ON CONFLICT (name) DO UPDATE SET"
                 " owner=excluded.owner, expires_at=excluded.expires_at"
                 " WHERE leases.owner=excluded.owner OR leases.expires_at<=?",
@@ -283,15 +357,15 @@ class SqliteStateStore:
 
     def release_lease(self, name: str, owner: str) -> None:
         """Drop the lease if ``owner`` holds it."""
-        with self._lock:
-            self._db.execute("DELETE FROM leases WHERE name=? AND owner=?", (name, owner))
+        with self._using("release lease") as db:
+            db.execute("DELETE FROM leases WHERE name=? AND owner=?", (name, owner))
 
     def put_dead_letter(self, dead: DeadLetter) -> None:
         """Insert or replace the index entry."""
         # UTC ISO text of one fixed width sorts by instant.
         at = _utc(dead.dead_lettered_at).isoformat(timespec="microseconds")
-        with self._lock:
-            self._db.execute(
+        with self._using("index dead letter") as db:
+            db.execute(
                 "INSERT OR REPLACE INTO dead_letters VALUES (?,?,?,?)",
                 (dead.message_id, dead.integration_id, at, dead.model_dump_json()),
             )
@@ -305,14 +379,14 @@ class SqliteStateStore:
             query += " WHERE integration_id=?"
             params.append(integration_id)
         query += " ORDER BY dead_lettered_at, message_id LIMIT ?"
-        with self._lock:
-            rows = self._db.execute(query, (*params, max(0, limit))).fetchall()
+        with self._using("list dead letters") as db:
+            rows = db.execute(query, (*params, max(0, limit))).fetchall()
         return [DeadLetter.model_validate_json(r[0]) for r in rows]
 
     def remove_dead_letters(self, message_ids: Sequence[str]) -> None:
         """Delete the entries; unknown ids are ignored."""
-        with self._lock:
-            self._db.executemany(
+        with self._using("remove dead letters") as db:
+            db.executemany(
                 "DELETE FROM dead_letters WHERE message_id=?", [(m,) for m in message_ids]
             )
 
@@ -320,30 +394,24 @@ class SqliteStateStore:
         self, integration_id: str, patient_id: str, appointment_ids: Sequence[str]
     ) -> None:
         """Replace the patient's indexed appointments in one transaction."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(
-                    "DELETE FROM appointment_index WHERE integration_id=? AND patient_id=?",
-                    (integration_id, patient_id),
-                )
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO appointment_index VALUES (?,?,?)",
-                    [(integration_id, a, patient_id) for a in dict.fromkeys(appointment_ids)],
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction("write appointment index") as db:
+            db.execute(
+                "DELETE FROM appointment_index WHERE integration_id=? AND patient_id=?",
+                (integration_id, patient_id),
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO appointment_index VALUES (?,?,?)",
+                [(integration_id, a, patient_id) for a in dict.fromkeys(appointment_ids)],
+            )
 
     def patients_for_appointments(
         self, integration_id: str, appointment_ids: Sequence[str]
     ) -> dict[str, list[str]]:
         """One indexed lookup per appointment."""
         out: dict[str, list[str]] = {}
-        with self._lock:
+        with self._using("read appointment index") as db:
             for appointment_id in dict.fromkeys(appointment_ids):
-                rows = self._db.execute(
+                rows = db.execute(
                     "SELECT patient_id FROM appointment_index"
                     " WHERE integration_id=? AND appointment_id=? ORDER BY patient_id",
                     (integration_id, appointment_id),

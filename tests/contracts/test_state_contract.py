@@ -11,6 +11,7 @@ converted at the store's edge.
 from __future__ import annotations
 
 import socket
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,10 +27,18 @@ from app.core.errors import (
     ConfigurationError,
     FatalError,
     RateLimited,
-    UpstreamUnavailable,
+    StoreUnavailable,
 )
 from app.core.models import Cadence, Counts, RunRecord, WriteOperation, WritePlan
-from app.state.base import AuditRecord, DeadLetter, PatientState, PendingPatient, StateStore
+from app.state import sqlite as sqlite_state
+from app.state.base import (
+    AuditRecord,
+    DeadLetter,
+    PatientRecord,
+    PatientState,
+    PendingPatient,
+    StateStore,
+)
 from app.state.firestore import FirestoreStateStore, convert_error
 from app.state.sqlite import SqliteStateStore
 from tests.firestore_emulator import firestore_emulator  # noqa: F401 (fixture)
@@ -509,23 +518,25 @@ def test_firestore_unreachable_is_retriable_within_the_timeout(monkeypatch):
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{_closed_port()}")
     store = FirestoreStateStore(firestore.Client(project="healthie-sync-test"), timeout=0.5)
     started = time.monotonic()
-    with pytest.raises(UpstreamUnavailable) as info:
+    with pytest.raises(StoreUnavailable) as info:
         store.get_patient("clinic-a", "1001")
     assert isinstance(info.value.__cause__, gexc.GoogleAPIError)
-    with pytest.raises(UpstreamUnavailable):
+    with pytest.raises(StoreUnavailable):
         store.put_patient(patient())
-    with pytest.raises(UpstreamUnavailable):
+    with pytest.raises(StoreUnavailable):
         store.list_runs()
-    with pytest.raises(UpstreamUnavailable):
+    with pytest.raises(StoreUnavailable):
         store.add_pending("clinic-a", [PendingPatient(patient_id="1001", dirty_since=T0)])
-    with pytest.raises(UpstreamUnavailable):
+    with pytest.raises(StoreUnavailable):
         store.list_pending("clinic-a")
-    with pytest.raises(UpstreamUnavailable):
+    with pytest.raises(StoreUnavailable):
         store.remove_pending("clinic-a", [PendingPatient(patient_id="1001", dirty_since=T0)])
-    with pytest.raises(UpstreamUnavailable):
+    with pytest.raises(StoreUnavailable):
         store.try_lease("flush:hourly", "a", 60)
-    with pytest.raises(UpstreamUnavailable):
+    with pytest.raises(StoreUnavailable):
         store.release_lease("flush:hourly", "a")
+    (refused,) = store.record_patients([recorded("1001")])
+    assert isinstance(refused, StoreUnavailable)
     assert time.monotonic() - started < 10
     store.close()
 
@@ -543,11 +554,11 @@ def test_firestore_invalid_project_is_a_configuration_error():
 @pytest.mark.parametrize(
     ("vendor", "expected"),
     [
-        (gexc.ServiceUnavailable("down"), UpstreamUnavailable),
-        (gexc.DeadlineExceeded("slow"), UpstreamUnavailable),
-        (gexc.InternalServerError("oops"), UpstreamUnavailable),
-        (gexc.Aborted("contention"), UpstreamUnavailable),
-        (gexc.RetryError("gave up", gexc.ServiceUnavailable("down")), UpstreamUnavailable),
+        (gexc.ServiceUnavailable("down"), StoreUnavailable),
+        (gexc.DeadlineExceeded("slow"), StoreUnavailable),
+        (gexc.InternalServerError("oops"), StoreUnavailable),
+        (gexc.Aborted("contention"), StoreUnavailable),
+        (gexc.RetryError("gave up", gexc.ServiceUnavailable("down")), StoreUnavailable),
         (gexc.ResourceExhausted("quota"), RateLimited),
         (gexc.RetryError("gave up", gexc.ResourceExhausted("quota")), RateLimited),
         (gexc.PermissionDenied("no"), ConfigurationError),
@@ -760,3 +771,221 @@ def test_synced_digests_merge_by_name_and_stay_per_patient(open_store):
     first.put_synced("clinic-a", "p/1", {"crm:email": "z"})
     assert first.get_synced("clinic-a", "p") == {}
     assert first.get_synced("clinic-a", "p/1") == {"crm:email": "z"}
+
+
+# --- state and audit recorded together (record_patients) ----------------------------------
+
+
+def recorded(patient_id, appointments=(), integration_id="clinic-a", **changes) -> PatientRecord:
+    """A processed item's record: state, appointment index and audit record."""
+    detail = changes.pop("detail", f"written {patient_id}")
+    key = changes.pop("key", None)
+    fields = {
+        "state": patient(integration_id, patient_id, **changes),
+        "appointment_ids": list(appointments),
+        "audit": AuditRecord(
+            integration_id=integration_id,
+            patient_id=patient_id,
+            run_id="run-1",
+            at=T0,
+            outcome="written",
+            operations=["warehouse.upsert_row"],
+            detail=detail,
+        ),
+    }
+    return PatientRecord.model_validate(fields | ({"key": key} if key else {}))
+
+
+def stored(store, record: PatientRecord) -> tuple[bool, int]:
+    """Whether the record's state is stored, and how many of its audit records are."""
+    state = store.get_patient(record.state.integration_id, record.state.patient_id)
+    audits = store.list_audit(record.state.integration_id, record.state.patient_id)
+    return state == record.state, sum(a == record.audit for a in audits)
+
+
+def test_recorded_patients_keep_state_index_and_audit_in_order(store):
+    before = AuditRecord(
+        integration_id="clinic-a", patient_id="0", run_id="r", at=T0, outcome="skipped:x"
+    )
+    store.append_audit(before)
+    # ``at`` runs backwards: the audit must list in the order given, not by time.
+    records = [
+        recorded(str(n), [f"a-{n}", "shared"], content_hash=f"h{n}", detail=f"d{n}")
+        for n in range(1, 6)
+    ]
+    records = [
+        r.model_copy(update={"audit": r.audit.model_copy(update={"at": T0 - timedelta(seconds=n)})})
+        for n, r in enumerate(records)
+    ]
+    other = recorded("1", ["a-1"], integration_id="clinic-b")
+    assert store.record_patients([*records, other]) == [None] * 6
+    after = before.model_copy(update={"patient_id": "9"})
+    store.append_audit(after)
+
+    for record in records:
+        assert store.get_patient("clinic-a", record.state.patient_id) == record.state
+    assert store.list_audit("clinic-a") == [before, *(r.audit for r in records), after]
+    assert store.list_audit("clinic-b") == [other.audit]
+    assert store.patients_for_appointments("clinic-a", ["a-3", "shared"]) == {
+        "a-3": ["3"],
+        "shared": ["1", "2", "3", "4", "5"],
+    }
+    assert store.patients_for_appointments("clinic-b", ["a-1", "shared"]) == {
+        "a-1": ["1"],
+        "shared": [],
+    }
+    assert store.record_patients([]) == []
+
+
+def test_a_new_record_replaces_state_and_index_and_adds_its_audit(store):
+    store.record_patients([recorded("1001", ["a-1", "a-2"])])
+    newer = recorded("1001", ["a-2", "a-3"], content_hash="sha256:bb", detail="second")
+    assert store.record_patients([newer]) == [None]
+    assert store.get_patient("clinic-a", "1001") == newer.state
+    assert store.patients_for_appointments("clinic-a", ["a-1", "a-2", "a-3"]) == {
+        "a-1": [],
+        "a-2": ["1001"],
+        "a-3": ["1001"],
+    }
+    assert [a.detail for a in store.list_audit("clinic-a", "1001")] == ["written 1001", "second"]
+    # a patient named twice in one call keeps the later state and index, and both audits
+    first = recorded("1002", ["b-1"], content_hash="h1", detail="one")
+    second = recorded("1002", ["b-2"], content_hash="h2", detail="two")
+    assert store.record_patients([first, second]) == [None, None]
+    assert store.get_patient("clinic-a", "1002") == second.state
+    assert store.patients_for_appointments("clinic-a", ["b-1", "b-2"]) == {
+        "b-1": [],
+        "b-2": ["1002"],
+    }
+    assert [a.detail for a in store.list_audit("clinic-a", "1002")] == ["one", "two"]
+
+
+def test_recording_the_same_keys_again_keeps_one_audit_record_each(store):
+    records = [recorded(str(n), [f"a-{n}"], key=f"step/{n}") for n in range(3)]
+    assert store.record_patients(records) == [None] * 3
+    assert store.record_patients(records) == [None] * 3  # e.g. a commit retried after a crash
+    for record in records:
+        assert stored(store, record) == (True, 1)
+    assert len(store.list_audit("clinic-a")) == 3
+    assert store.patients_for_appointments("clinic-a", ["a-0", "a-2"]) == {
+        "a-0": ["0"],
+        "a-2": ["2"],
+    }
+
+
+def test_large_indexes_are_recorded_whole_with_their_state_and_audit(store):
+    # 620 appointments: over one 500-write Firestore batch, packed with the other records
+    many = [f"appt-{n}" for n in range(620)]
+    records = [recorded("1001", many), *(recorded(str(n), [f"x-{n}"]) for n in range(300))]
+    assert store.record_patients(records) == [None] * len(records)
+    found = store.patients_for_appointments("clinic-a", many)
+    assert all(found[a] == ["1001"] for a in many)
+    assert all(stored(store, r) == (True, 1) for r in records[:3] + records[-3:])
+    assert len(store.list_audit("clinic-a")) == len(records)
+    shrunk = recorded("1001", many[:5], content_hash="sha256:small")
+    assert store.record_patients([shrunk]) == [None]
+    found = store.patients_for_appointments("clinic-a", many)
+    assert sorted(a for a in many if found[a]) == sorted(many[:5])
+
+
+def test_a_state_over_the_document_limit_is_refused_alone(store, backend):
+    big = recorded("1002", ["a-2"], entry={"id": "1002", "note": "é" * 525_000})
+    records = [recorded("1001", ["a-1"]), big, recorded("1003", ["a-3"])]
+    results = store.record_patients(records)
+    if DOCUMENT_LIMIT[backend] is None:
+        assert results == [None] * 3
+        assert stored(store, big) == (True, 1)
+        return
+    assert results[0] is None
+    assert results[2] is None
+    assert isinstance(results[1], FatalError)
+    assert stored(store, big) == (False, 0)
+    assert store.patients_for_appointments("clinic-a", ["a-2"]) == {"a-2": []}
+    assert stored(store, records[0]) == (True, 1)
+    assert stored(store, records[2]) == (True, 1)
+
+
+def _fail_audits_from_now_on(store, backend) -> str:
+    """Make the store unable to take a large audit record, and return such a detail text:
+    SQLite's disk fills up (``max_page_count`` on the store's own connection: the limit is
+    per connection), Firestore refuses a document over 1 MiB (its server's check, which the
+    store does not repeat for audit records)."""
+    if backend != "firestore":
+        db = store._db  # noqa: SLF001 - the only way to fill one connection's disk
+        (pages,) = db.execute("PRAGMA page_count").fetchone()
+        db.execute(f"PRAGMA max_page_count = {pages + 64}")  # room for small rows only
+    return "x" * 1_100_000
+
+
+def test_an_audit_record_the_store_cannot_take_leaves_no_state(store, backend):
+    earlier = recorded("1001", ["a-0"], content_hash="sha256:old")
+    assert store.record_patients([earlier]) == [None]
+    detail = _fail_audits_from_now_on(store, backend)
+    newer = recorded("1001", ["a-1"], content_hash="sha256:new")
+    fresh = recorded("1002", ["a-2"])
+    failing = recorded("1003", ["a-3"], detail=detail)
+    results = store.record_patients([newer, fresh, failing])
+    assert all(r is not None for r in results)
+    assert isinstance(results[0], StoreUnavailable | ConfigurationError | FatalError)
+    # nothing of the batch: no state, no index, no audit; the earlier record is intact
+    assert store.get_patient("clinic-a", "1001") == earlier.state
+    assert stored(store, fresh) == (False, 0)
+    assert stored(store, failing) == (False, 0)
+    assert store.list_audit("clinic-a") == [earlier.audit]
+    assert store.patients_for_appointments("clinic-a", ["a-0", "a-1", "a-2", "a-3"]) == {
+        "a-0": ["1001"],
+        "a-1": [],
+        "a-2": [],
+        "a-3": [],
+    }
+
+
+def test_a_patient_record_names_one_patient():
+    record = recorded("1001")
+    with pytest.raises(ValueError, match="own patient"):
+        PatientRecord(state=record.state, audit=record.audit.model_copy(update={"patient_id": "2"}))
+
+
+# --- SQLite's edge: a locked or full database is StoreUnavailable, fast --------------------
+
+
+def test_a_locked_sqlite_store_is_unavailable_not_a_long_wait(tmp_path):
+    path = tmp_path / "state.db"
+    store = SqliteStateStore(path, busy_timeout=0.05)
+    store.set_watermark("clinic-a", "sweep", T0)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        with pytest.raises(StoreUnavailable, match="stage pending patients") as info:
+            store.add_pending("clinic-a", [PendingPatient(patient_id="1001", dirty_since=T0)])
+        assert isinstance(info.value.__cause__, sqlite3.OperationalError)
+        with pytest.raises(StoreUnavailable):
+            store.try_lease("flush:hourly", "a", 60)
+        with pytest.raises(StoreUnavailable):
+            store.put_patient(patient())
+        # WAL: readers never wait for the writer
+        assert store.get_watermark("clinic-a", "sweep") == T0
+        (refused,) = store.record_patients([recorded("1001")])
+        assert isinstance(refused, StoreUnavailable)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert store.try_lease("flush:hourly", "a", 60)  # free again: works again
+    assert store.get_watermark("clinic-a", "sweep") == T0
+    store.close()
+
+
+def test_sqlite_errors_are_grouped_by_what_happens_next(tmp_path):
+    full = sqlite3.connect(tmp_path / "full.db", isolation_level=None)
+    full.execute("CREATE TABLE t (v TEXT)")
+    (pages,) = full.execute("PRAGMA page_count").fetchone()
+    full.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(sqlite3.OperationalError) as disk_full:
+        full.execute("INSERT INTO t VALUES (?)", ("x" * 100_000,))
+    converted = sqlite_state.convert_error(disk_full.value, "append audit record")
+    assert isinstance(converted, StoreUnavailable)
+    assert "append audit record" in str(converted)
+    with pytest.raises(sqlite3.OperationalError) as bug:
+        full.execute("SELECT nothing FROM nowhere")
+    assert sqlite_state.convert_error(bug.value, "read") is None  # raised as it is
+    full.close()
