@@ -292,8 +292,12 @@ class SqlConnector(TableConnector):
             rows.append(row)
         return rows, columns
 
+    def _step(self, width: int) -> int:
+        """Rows a statement of ``width`` columns binds at most."""
+        return max(1, min(self.max_batch, self.max_params // max(1, width)))
+
     def _slices(self, rows: Rows, width: int) -> Iterator[Rows]:
-        step = max(1, min(self.max_batch, self.max_params // max(1, width)))
+        step = self._step(width)
         for start in range(0, len(rows), step):
             yield rows[start : start + step]
 
@@ -313,13 +317,21 @@ class SqlConnector(TableConnector):
         rows: Rows,
         build: Build,
     ) -> list[Any]:
-        """One multi-row statement, compiled once per shape and run on the driver's cursor (a
+        """Multi-row statements, compiled once per shape and run on the driver's cursor (a
         chunk's rows are many: SQLAlchemy's per-row result handling would cost more than the
-        database); returns what it RETURNING-s, if anything."""
+        database); returns what they RETURNING-ed, if anything.
+
+        A statement's SQL depends on its row count, and compiling one costs more than running
+        it, so the rows go in statements of a few sizes only: a full slice as one, any other
+        count as power-of-two parts (137 rows: 128 + 8 + 1). A steady run then compiles
+        nothing, whatever the sizes of its chunks."""
         shape = (self.family, self.db_schema, *key)
-        compiled = multi_row(conn.dialect, shape, names, len(rows), build)
-        self._sent()
-        return run_raw(conn, compiled, rows)
+        returned: list[Any] = []
+        for part in _sized_parts(rows, self._step(len(names))):
+            compiled = multi_row(conn.dialect, shape, names, len(part), build)
+            self._sent()
+            returned.extend(run_raw(conn, compiled, part))
+        return returned
 
     def _mapped(self, what: str) -> AbstractContextManager[None]:
         return mapped(f"target {self.name!r} ({self.kind}): {what}", self.schemas.invalidate)
@@ -389,6 +401,19 @@ class SqlConnector(TableConnector):
         for start in range(0, len(doomed), self.max_params // 3):
             part = doomed[start : start + self.max_params // 3]
             self._execute(conn, delete_rows(shape.table, part, returning=False))
+
+
+def _sized_parts(rows: Rows, step: int) -> Iterator[Rows]:
+    """``rows`` (at most ``step``) as one part when full, else as parts of power-of-two sizes,
+    largest first."""
+    if len(rows) >= step:
+        yield rows
+        return
+    start = 0
+    while start < len(rows):
+        size = 1 << ((len(rows) - start).bit_length() - 1)
+        yield rows[start : start + size]
+        start += size
 
 
 def _key(write: Write) -> str:

@@ -5,7 +5,10 @@ the API version header, the rate limit, parsing and validation (cached per query
 because the engine sends the same aliased batch document again and again), the complexity
 budget, then execution: plain read queries through the compiled fast path of
 :mod:`sandbox.fastpath` (cached with the parsed document), everything else, and anything the
-fast path gives up on, with graphql-core against the subset schema.
+fast path gives up on, with graphql-core against the subset schema. ``GET /_sandbox/stats``
+(the sandbox's own, not Healthie's) counts the requests received, those refused by the rate
+limit, and the executed operations by name, so a benchmark in another process can measure
+requests per entry where they arrive.
 
 Refusals follow Healthie's guides where they say something:
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable
 from threading import Lock
 from typing import Any, TypeGuard
@@ -130,6 +133,8 @@ def create_app(sandbox: Sandbox, *, fast_path: bool = True) -> Starlette:
     """
     schema = build_executable_schema()
     documents = _Documents(schema)
+    # every POST /graphql, refused or not (the operation counters count executed ones only)
+    traffic: Counter[str] = Counter()
 
     def authorized(request: Request) -> bool:
         auth = request.headers.get("authorization", "")
@@ -168,6 +173,7 @@ def create_app(sandbox: Sandbox, *, fast_path: bool = True) -> Starlette:
             return go()
 
     async def graphql_endpoint(request: Request) -> Response:
+        traffic["requests"] += 1
         faults = sandbox.faults
         if faults.latency():
             await asyncio.sleep(faults.latency())
@@ -186,6 +192,7 @@ def create_app(sandbox: Sandbox, *, fast_path: bool = True) -> Starlette:
         if version.error is not None:
             return _json({"errors": [version.error]})
         if faults.rate_limited():
+            traffic["rate_limited"] += 1
             return _json({"errors": [TOO_MANY_REQUESTS]})
         try:
             payload = json.loads(await request.body())
@@ -223,9 +230,19 @@ def create_app(sandbox: Sandbox, *, fast_path: bool = True) -> Starlette:
     async def health(_: Request) -> Response:
         return JSONResponse({"ok": True})
 
+    async def stats(_: Request) -> Response:
+        return JSONResponse(
+            {
+                "requests": traffic["requests"],
+                "rate_limited": traffic["rate_limited"],
+                "operations": dict(sandbox.counters),
+            }
+        )
+
     return Starlette(
         routes=[
             Route("/graphql", graphql_endpoint, methods=["POST"]),
             Route("/healthz", health, methods=["GET"]),
+            Route("/_sandbox/stats", stats, methods=["GET"]),
         ]
     )

@@ -4,6 +4,13 @@ Canonical JSON: keys sorted, lists of objects with an ``id`` sorted by id (Healt
 promise an order), timestamps normalized to UTC ``YYYY-MM-DDTHH:MM:SSZ``. The hash ignores fields
 that change without meaning for any target: they move whenever Healthie touches a record (a
 login, a recalculation) and would otherwise defeat skip-unchanged.
+
+The form is frozen: a stored hash must match the hash of the same entry after an upgrade, or
+every patient would be written again (``tests/healthie/test_entry_vectors.py`` pins it). Speed
+comes from doing less, never from a different result: strings that cannot be timestamps are
+recognized by three characters, an already canonical timestamp by its shape, the rest are
+parsed as before but written without strftime; the hash canonicalizes and drops volatile
+fields in one walk.
 """
 
 from __future__ import annotations
@@ -24,10 +31,41 @@ _TIMESTAMP = re.compile(
 
 
 def _normalize_timestamp(value: str) -> str:
-    parsed = parse_timestamp(value) if value == value.strip() else None
-    if parsed is None:
-        return value  # not a timestamp, or a naive one (no single UTC instant): keep as is
-    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """``value`` as a UTC ``...Z`` timestamp, or unchanged (not a timestamp, or a naive one)."""
+    n = len(value)
+    if n < 16 or value[4] != "-" or value[7] != "-" or value[10] not in "T ":
+        return value  # _TIMESTAMP cannot match: most strings end here
+    if n == 20 and value[19] == "Z" and _already_canonical(value):
+        return value
+    if value != value.strip():
+        return value
+    match = _TIMESTAMP.match(value)
+    if not match:
+        return value
+    day, clock, offset = match.groups()
+    try:
+        parsed = datetime.fromisoformat(f"{day}T{clock}{(offset or '').replace('Z', '+00:00')}")
+    except ValueError:
+        return value
+    shift = parsed.utcoffset()
+    if shift is None:
+        return value  # naive: no single UTC instant, kept as is
+    # naive isoformat is several times cheaper than strftime, and writes the same text for
+    # years 1000-9999; strftime writes a smaller year unpadded, so those keep it
+    utc = parsed.replace(tzinfo=None) - shift
+    if utc.year < 1000 or parsed.year < 1000:
+        return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc.isoformat()[:19] + "Z"
+
+
+def _already_canonical(value: str) -> bool:
+    """Whether ``value`` (20 characters ending in Z) is ASCII ``YYYY-MM-DDTHH:MM:SSZ`` with a
+    year from 1000: normalizing it returns it unchanged (a valid one is rewritten as itself,
+    an impossible date or time is kept), so the second walk of an entry skips the parser."""
+    if value[10] != "T" or value[13] != ":" or value[16] != ":" or value[0] == "0":
+        return False
+    digits = value[0:4] + value[5:7] + value[8:10] + value[11:13] + value[14:16] + value[17:19]
+    return digits.isascii() and digits.isdigit()
 
 
 def parse_timestamp(value: object) -> datetime | None:
@@ -55,11 +93,44 @@ def _sort_key(item: Any) -> tuple[int, str]:
 
 def canonicalize(value: Any) -> Any:
     """A copy of ``value`` in canonical form (see module docstring)."""
+    return _walk(value, None)
+
+
+def _stable(value: Any) -> Any:
+    """``canonicalize(value)`` without the volatile fields, in one walk: dropping one never
+    changes a list's order (lists sort by ``id``, which is not volatile)."""
+    return _walk(value, VOLATILE_FIELDS)
+
+
+#: leaves returned as they are (exact types: a subclass takes the general branch)
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
+def _walk(value: Any, drop: frozenset[str] | None) -> Any:
+    # The hot loop of every entry: leaves are handled inline (no call for an int, and a
+    # string that cannot be a timestamp is recognized by three characters).
+    kind = type(value)
+    if kind is str:
+        return _normalize_timestamp(value)
+    if kind in _SCALARS:
+        return value
     if isinstance(value, dict):
-        return {k: canonicalize(v) for k, v in sorted(value.items())}
+        out: dict[Any, Any] = {}
+        for key in sorted(value):
+            if drop is not None and key in drop:
+                continue
+            v = value[key]
+            t = type(v)
+            if t is str:
+                if len(v) >= 16 and v[4] == "-" and v[7] == "-":
+                    v = _normalize_timestamp(v)
+            elif t not in _SCALARS:
+                v = _walk(v, drop)
+            out[key] = v
+        return out
     if isinstance(value, list):
-        items = [canonicalize(v) for v in value]
-        if all(isinstance(i, dict) and "id" in i for i in items):
+        items = [_walk(v, drop) for v in value]
+        if _all_identified(items):
             items.sort(key=_sort_key)
         return items
     if isinstance(value, str):
@@ -67,12 +138,11 @@ def canonicalize(value: Any) -> Any:
     return value
 
 
-def _strip_volatile(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _strip_volatile(v) for k, v in value.items() if k not in VOLATILE_FIELDS}
-    if isinstance(value, list):
-        return [_strip_volatile(v) for v in value]
-    return value
+def _all_identified(items: list[Any]) -> bool:
+    for i in items:
+        if not isinstance(i, dict) or "id" not in i:
+            return False
+    return True
 
 
 def canonical_json(value: Any) -> str:
@@ -82,5 +152,7 @@ def canonical_json(value: Any) -> str:
 
 def content_hash(entry: Any) -> str:
     """SHA-256 of the canonical entry without volatile fields, as ``sha256:<hex>``."""
-    stable = _strip_volatile(canonicalize(entry))
-    return "sha256:" + hashlib.sha256(canonical_json(stable).encode("utf-8")).hexdigest()
+    # _walk builds every dict in sorted key order: the JSON is canonical_json's without the
+    # second sort
+    text = json.dumps(_stable(entry), ensure_ascii=False, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -26,6 +26,7 @@ from app.core.errors import (
     TargetRejected,
     UpstreamUnavailable,
 )
+from connectors import sql_dialects
 from connectors.base import Scope, Write
 from connectors.registry import load
 from connectors.sql import PostgresConnector, RedshiftConnector, SqlConnector, SqliteConnector
@@ -507,3 +508,21 @@ def test_two_threads_write_different_patients_to_one_sqlite_file(tmp_path, share
     finally:
         for connector in {id(c): c for c in connectors}.values():
             connector.close()
+
+
+def test_chunks_of_any_size_compile_few_statements_and_return_every_row(db):
+    # A statement's SQL depends on its row count: a chunk goes in power-of-two parts, so a run
+    # whose chunks vary in size compiles a few statements, not one per size, and every part's
+    # RETURNING still counts (137 rows = 128 + 8 + 1: all changed, then none).
+    with connected(db.build(tables={"sizes": {"n": "integer"}})) as connector:
+        before = {k for k in sql_dialects._compiled if "sizes" in map(str, k)}
+        for size in range(1, 138):
+            writes = [
+                upsert(connector, f"p{size}", str(i), {"n": i}, table="sizes") for i in range(size)
+            ]
+            results = connector.execute_batch(writes)
+            assert all(r.changed for r in results), size
+            assert not any(r.changed for r in connector.execute_batch(writes)), size
+        compiled = {k for k in sql_dialects._compiled if "sizes" in map(str, k)} - before
+        assert len(compiled) <= 8  # sizes 1, 2, 4, ..., 128
+        assert len(connector.fetch_rows("sizes")) == sum(range(1, 138))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,9 +87,7 @@ def test_aliased_batch_of_entries_returns_requested_fields(
     ids = [str(1_000_000 + i) for i in range(100)]
     query, variables = entries_query(ids)
     before = sb.counters["Entries"]
-    started = time.perf_counter()
     response = gql(client, query, variables)
-    elapsed = time.perf_counter() - started
     body = response.json()
     assert response.status_code == 200
     assert "errors" not in body
@@ -107,8 +104,7 @@ def test_aliased_batch_of_entries_returns_requested_fields(
     assert expected <= set(entry), expected - set(entry)
     assert any(body["data"][f"p{i}"]["appointments"] for i in range(100))
     assert any(body["data"][f"p{i}"]["policies"] for i in range(100))
-    assert sb.counters["Entries"] == before + 1
-    assert elapsed < 2.0  # generous in CI; bench/ measures the real figure
+    assert sb.counters["Entries"] == before + 1  # bench/sandbox_entries measures its speed
 
 
 def test_appointment_resolution_sees_deleted_only_when_asked(
@@ -207,3 +203,39 @@ def test_served_json_is_utf8_not_escaped(client: httpx2.Client) -> None:
     raw = gql(client, "{ users(first: 100) { nodes { last_name } } }").content
     assert json.loads(raw)["data"]["users"]["nodes"]
     assert b"\\u" not in raw
+
+
+def test_stats_count_every_request_refused_or_not(sb: Sandbox) -> None:
+    # a benchmark in another process counts requests per entry here, so refusals count too
+    with serve_in_thread(create_app(sb)) as url, httpx2.Client(base_url=url) as c:
+        headers = {
+            "Authorization": f"Basic {sb.api_key}",
+            "AuthorizationSource": "API",
+            "Healthie-GraphQL-API-Version": "2026-01-01",
+        }
+        start = c.get("/_sandbox/stats").json()
+        assert start == {"requests": 0, "rate_limited": 0, "operations": dict(sb.counters)}
+        assert gql(c, "{ currentUser { id } }", headers={"Authorization": "Basic no"}).status_code
+        sb.faults.configure(FaultConfig(rate_limit_per_second=2))
+        try:
+            answers = [gql(c, "query Me { currentUser { id } }", headers=headers) for _ in range(5)]
+        finally:
+            sb.faults.configure(FaultConfig())
+        refused = sum(1 for a in answers if "errors" in a.json())
+        stats = c.get("/_sandbox/stats").json()
+    assert refused == 3
+    assert stats["requests"] == 6
+    assert stats["rate_limited"] == 3
+    assert stats["operations"]["Me"] == start["operations"].get("Me", 0) + 2
+
+
+def test_standalone_options_configure_latency_rate_limit_and_warm_patients() -> None:
+    from sandbox.cli import configured
+
+    cold = configured(30, 7)
+    assert cold.faults.config == FaultConfig()
+    assert not any(cold.org.materialized(i) for i in range(30))
+    warm = configured(30, 7, latency=0.3, rate_limit=50, warm=True)
+    assert warm.faults.latency() == 0.3
+    assert warm.faults.config.rate_limit_per_second == 50
+    assert all(warm.org.materialized(i) for i in range(30))
