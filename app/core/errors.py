@@ -25,8 +25,9 @@ anywhere else in the engine (``tests/core/test_layout.py`` checks it).
 
 Vendor exceptions are converted once, at the edge that calls the vendor (``raise ... from
 exc``): ``app.healthie.client`` (gql), ``app.agent.api`` (anthropic), ``app.queue.pubsub`` and
-``app.state.firestore`` (google-api-core), each connector (its driver), with the HTTP status
-table of ``app.resilience.status``. ``workers.consumer`` turns these kinds into ack, nack or
+``app.state.firestore`` (google-api-core), ``app.queue.sqlite`` and ``app.state.sqlite``
+(sqlite3), each connector (its driver), with the HTTP status table of
+``app.resilience.status``. ``workers.consumer`` turns these kinds into ack, nack or
 dead-letter in exactly one place. Messages carry ids, kinds, statuses and field paths, never a
 patient value or a secret.
 """

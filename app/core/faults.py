@@ -10,7 +10,8 @@ comparison. The points, in the order a work item and a flush pass them:
 ``pipeline.fetched``    the batch's entries are fetched, nothing decided
 ``pipeline.decided``    plans are decided, nothing written
 ``pipeline.written``    the targets hold the writes, no state recorded
-``pipeline.recorded``   state (and audit) recorded, the item not yet acknowledged
+``pipeline.recorded``   the batch's states and audit records recorded, none of its items
+                        acknowledged (once per integration batch)
 ``consumer.settling``   an item's settlement is decided, its queue action not yet sent
 ``flush.staged``        a chunk of marks is staged, its messages not yet acknowledged
 ``flush.published``     a page of work items is published, its versions not yet unstaged
