@@ -1,8 +1,8 @@
 """ASGI factories for bench.webhook_throughput: the bare baseline and the real receiver.
 
 Both are served by the same uvicorn settings in their own process; the real one verifies the
-signature and publishes to the queue backend named by BENCH_QUEUE (sqlite, or pubsub against
-PUBSUB_EMULATOR_HOST).
+signature, drops repeats within ``DEDUPE_SECONDS`` (on, as in production) and publishes to the
+queue backend named by BENCH_QUEUE (sqlite, or pubsub against PUBSUB_EMULATOR_HOST).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 
 SECRET = "whsec_bench-secret"
+#: The engine's de-duplication window in the benchmark: on, as by default in production.
+DEDUPE_SECONDS = 300
 
 
 def bare_app() -> FastAPI:
@@ -32,6 +34,7 @@ def full_app() -> FastAPI:
     from app.api.app import create_app
     from app.core.config import load_integration
     from app.core.settings import Settings
+    from app.queue.base import Queue
     from app.queue.topology import ensure_topology
     from app.secrets.stores import MemorySecretStore
     from app.service.runtime import Runtime
@@ -39,7 +42,9 @@ def full_app() -> FastAPI:
 
     repo = Path(__file__).resolve().parents[1]
     data = Path(os.environ["BENCH_DATA_DIR"])
+    data.mkdir(parents=True, exist_ok=True)
     integration = load_integration(repo / "config" / "integrations" / "demo-clinic.toml")
+    queue: Queue
     if os.environ.get("BENCH_QUEUE") == "pubsub":
         from app.queue.pubsub import PubSubQueue
 
@@ -50,7 +55,7 @@ def full_app() -> FastAPI:
         queue = SqliteQueue(data / "queue.db")
     ensure_topology(queue)
     runtime = Runtime(
-        settings=Settings(data_dir=data),
+        settings=Settings(data_dir=data, webhook_dedupe_seconds=DEDUPE_SECONDS),
         integrations={integration.id: integration},
         secrets=MemorySecretStore(
             {

@@ -11,6 +11,18 @@ so both readings of each are accepted (see ../shared/DESIGN.md):
 The HMAC covers only the digest *string*, so the digest itself is checked against the raw body
 too; otherwise a captured signature could be replayed with another body of the same length.
 Digests are accepted as hex, base64, or RFC 9530 ``:base64:`` byte sequences.
+
+**No signed timestamp, so no rejection by age.** Healthie's guide (``guides/webhooks.md``,
+"Signed payloads") signs the method, path, query, content digest, content type and length:
+nothing that changes with time. It also lists a ``Signature-Input`` header, but the string its
+sample verifies does not include it, so whatever that header carries (an RFC 9421 ``created``
+parameter, say) is not covered by the HMAC and anyone can rewrite it. A stale delivery
+therefore cannot be told from a fresh one, and the engine does not try: it must not, either,
+because Healthie retries a failed delivery with exponential back-off for up to three days with
+the same body, hence the same signature. A captured delivery verifies forever; what bounds a
+replay is ``app.intake.dedupe`` (a repeat within the window is dropped), and what makes it
+harmless is the design: a webhook is only a hint carrying an id, the data is fetched from
+Healthie at flush time, and marks of one subject coalesce.
 """
 
 from __future__ import annotations
@@ -54,12 +66,27 @@ def _digest_readings(content_digest: str) -> set[str]:
 
 def _length_readings(body: bytes) -> set[int]:
     lengths = {len(body)}
+    if body.isascii():
+        return lengths  # one byte, one UTF-16 unit: both readings agree
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return lengths
     lengths.add(len(text.encode("utf-16-le")) // 2)
     return lengths
+
+
+_KEYED: dict[str, hmac.HMAC] = {}
+
+
+def _keyed(secret: str) -> hmac.HMAC:
+    """HMAC-SHA256 keyed with ``secret``, before any data (cached: this runs per webhook)."""
+    keyed = _KEYED.get(secret)
+    if keyed is None:
+        if len(_KEYED) >= 64:  # rotations add secrets; old ones need not stay
+            _KEYED.clear()
+        keyed = _KEYED[secret] = hmac.new(secret.encode("utf-8"), digestmod=hashlib.sha256)
+    return keyed
 
 
 def signature_data(*, method: str, path: str, query: str, digest: str, length: int) -> bytes:
@@ -104,16 +131,19 @@ def verify_healthie_signature(
     provided = _provided_signatures(signature_header)
     if not provided:
         return False
+    lengths = _length_readings(body)
     datas = {
         signature_data(method=method, path=path, query=query, digest=d, length=n)
         for d in _digest_readings(content_digest)
-        for n in _length_readings(body)
+        for n in lengths
     }
     matched = False
     for secret in secrets:
-        key = secret.encode("utf-8")
+        keyed = _keyed(secret)
         for data in datas:
-            mac = hmac.digest(key, data, "sha256")  # one-shot C path: this runs per webhook
+            state = keyed.copy()  # a copy of the keyed state: the key schedule runs once
+            state.update(data)
+            mac = state.digest()
             for candidate in provided:
                 # no early exit: keep timing independent of which reading matched
                 matched |= hmac.compare_digest(mac, candidate)
