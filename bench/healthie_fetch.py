@@ -13,6 +13,12 @@ on (2000), and the sandbox's rate limit equal to the client's:
   service time. The sandbox executes queries one at a time (about 14-20 ms per 20-entry
   batch), so a concurrency whose latency-bound ideal is below that floor cannot reach it here.
 
+* ``pulled-batch``: the engine's shape (``workers.loop``: one worker thread fetches the 100
+  patients it pulled, about 5 requests): a client built as the runtime builds it (default
+  concurrency), one thread, ``--pulled-batches`` fetches of 100 one after another. Ideal: one
+  latency per fetch (its requests all in flight at once); requests sent one at a time cost
+  about five. Informational (no target): the sandbox serves queries one at a time, so five
+  requests add about five service times (``sandbox-floor``) to the one latency;
 * ``coalesced``: 2 and 4 threads of one client each fetching batches of 25 patients (a
   pulled batch split per thread would end in a partial request each time; one thread pulls
   batches of 100, whole requests, ``workers.loop``): Healthie requests per fetched entry
@@ -24,7 +30,8 @@ on (2000), and the sandbox's rate limit equal to the client's:
 Figures, per scenario: entries per request (what the complexity cap allows, bounded by
 ``--batch-size``), Healthie requests per fetched entry (target <= 0.1), wall time against the
 ideal time ``max(requests / rate, ceil(requests / concurrency) * latency)`` (target <= 1.25x),
-and rate-limit answers seen (target 0). A warm-up batch per scenario is excluded, so the server's
+rate-limit answers seen (target 0), and the client's own CPU per request (this process; the
+sandbox is another). A warm-up batch per scenario is excluded, so the server's
 one-off document parse does not count. Prints a table, then one JSON line (the last line:
 ``bench``, ``ratio_to_ideal``, ``requests_per_entry``, ``pacing`` and the details).
 """
@@ -73,6 +80,7 @@ class Figures:
     ratio_to_ideal: float
     too_many_requests: int
     missing_entries: int
+    client_cpu_ms_per_request: float
 
 
 def _serve(patients: int, faults: FaultConfig, port: int) -> None:
@@ -141,9 +149,10 @@ def run(
             client.fetch_entries(ids[:per_request])  # warm-up: server parses the document
             time.sleep(1.1)  # an empty rate window to start from
             sent, limited = client.requests_sent, client.rate_limited
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             out = client.fetch_entries(ids)
             seconds = time.perf_counter() - started
+            cpu = time.process_time() - cpu
             requests = client.requests_sent - sent
             too_many = client.rate_limited - limited
         finally:
@@ -165,7 +174,44 @@ def run(
         ratio_to_ideal=round(seconds / ideal, 3),
         too_many_requests=too_many,
         missing_entries=sum(1 for i in ids if out.get(i) is None),
+        client_cpu_ms_per_request=round(1000 * cpu / max(1, requests), 3),
     )
+
+
+PULLED = 100  # a worker thread's pulled batch (workers.loop's batch_size)
+
+
+def pulled_batch(*, batches: int, latency: float) -> dict[str, Any]:
+    """One thread fetching ``batches`` pulled batches of 100, with the client's defaults."""
+    patients = batches * PULLED
+    sandbox = Sandbox(patients=patients, seed=SEED)
+    ids, api_key = list(sandbox.org.patient_ids()), sandbox.api_key
+    sandbox.close()
+    faults = FaultConfig(latency_seconds=latency, complexity_budget=MAX_COMPLEXITY)
+    with sandbox_process(patients, faults) as url:
+        client = HealthieClient(url=url, api_key=api_key)  # as app.service.runtime builds it
+        try:
+            client.fetch_entries(ids[:1])  # warm-up
+            sent = client.requests_sent
+            started = time.perf_counter()
+            fetched = 0
+            for n in range(batches):
+                got = client.fetch_entries(ids[n * PULLED : (n + 1) * PULLED])
+                fetched += sum(1 for v in got.values() if v is not None)
+            seconds = time.perf_counter() - started
+            requests = client.requests_sent - sent
+        finally:
+            client.close()
+    ideal = batches * latency
+    return {
+        "batches": batches,
+        "entries": fetched,
+        "requests": requests,
+        "concurrency": client.concurrency,
+        "seconds_per_batch": round(seconds / batches, 3),
+        "ratio_to_ideal": round(seconds / ideal, 3) if ideal else 0.0,
+        "missing_entries": patients - fetched,
+    }
 
 
 def _threads(count: int, work: Callable[[int], None]) -> None:
@@ -275,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         help="upper bound; the complexity cap decides below it",
     )
     parser.add_argument("--coalesce-patients", type=int, default=500)
+    parser.add_argument("--pulled-batches", type=int, default=10)
     parser.add_argument("--pacing-requests", type=int, default=10, help="per second of limit")
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # the sandbox's version sunset warning is noise
@@ -306,12 +353,15 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_to_ideal",
         "too_many_requests",
         "missing_entries",
+        "client_cpu_ms_per_request",
     ]
     rows = [[str(getattr(r, c)) for c in columns] for r in [*results, floor]]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     for row in rows:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    pulled = pulled_batch(batches=ns.pulled_batches, latency=ns.latency)
+    print(f"pulled-batch: {pulled}")
     merged = [coalesced(threads=n, patients=ns.coalesce_patients, latency=0.05) for n in (2, 4)]
     for m in merged:
         print(f"coalesced: {m}")
@@ -330,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_to_ideal<=1.25": all(r.ratio_to_ideal <= 1.25 for r in results),
         "too_many_requests==0": all(r.too_many_requests == 0 for r in results)
         and all(p["too_many_requests"] == 0 for p in paced),
-        "no_missing_entries": all(r.missing_entries == 0 for r in results),
+        "no_missing_entries": all(r.missing_entries == 0 for r in results)
+        and pulled["missing_entries"] == 0,
         "learned_limit<=5": learned["learned_limit"] <= 5.0,
     }
     print(
@@ -346,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
                     "too_many_requests_learning_5rps_from_250": learned["too_many_requests"],
                     "learned_limit_5rps": learned["learned_limit"],
                 },
+                "pulled_batch": pulled,
                 "coalesced": merged,
                 "results": [asdict(r) for r in results],
                 "sandbox_floor": asdict(floor),

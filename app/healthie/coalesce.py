@@ -12,12 +12,21 @@ its own ids or another caller's, until each of its ids is answered::
     thread C: fetch(10 ids) ─┘                    └─▶ [B16..B25 C1..C10] (sent by C)
 
 Full requests go at once. Only a remainder shorter than a full request waits, at most
-``linger`` seconds from the moment it is all its caller has left, for another caller's ids
-to fill it: that bounds the latency coalescing adds to one fetch call by ``linger``, spent only
-on its last, partial request. A patient asked for by two callers at once is fetched once.
+``linger`` seconds from the moment it is all its caller has left and the caller's own full
+requests have answered, for another caller's ids to fill it: that bounds the latency
+coalescing adds to one fetch call by one round trip plus ``linger``, spent only on its last,
+partial request (a fetch of whole requests, such as a pulled batch of 100, costs one round
+trip). A patient asked for by two callers at once is fetched once.
 
 A request's failure is the failure of every caller with an id in it (as before coalescing,
 when a failed request failed the one caller's whole fetch).
+
+A call sends its requests in parallel, at most ``workers`` of its own and ``max_in_flight`` of
+all callers' at once (one worker thread's pulled batch of 100 is five requests: one round
+trip, not five). The requests go from a pool owned by the coalescer, but a call's last request
+goes from the caller's own thread (a one-request fetch never changes threads). Pacing is the
+sender's business (``send`` goes through the key's guard and token bucket), so parallel
+requests are still paced and still learn the upstream's limit.
 """
 
 from __future__ import annotations
@@ -58,7 +67,8 @@ class FetchCoalescer:
 
     ``send(ids)`` performs one request and returns every id's answer; ``per_request`` is read
     each time a request is cut (the client's allowance changes when Healthie corrects its
-    complexity estimate). ``requests`` counts the requests sent.
+    complexity estimate). ``requests`` counts the requests sent, ``in_flight`` those being
+    sent now and ``peak_in_flight`` the most ever at once (at most ``max_in_flight``).
     """
 
     def __init__(
@@ -67,44 +77,68 @@ class FetchCoalescer:
         per_request: Callable[[], int],
         *,
         linger: float = 0.05,
+        max_in_flight: int = 8,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._send = send
         self._per_request = per_request
         self.linger = linger
+        self.max_in_flight = max(1, max_in_flight)
         self._clock = clock
         self._cond = threading.Condition()
         self._pending: dict[str, None] = {}  # ids not yet sent, oldest first
         self._slots: dict[str, _Slot] = {}  # ids pending or in flight
+        self._pool: ThreadPoolExecutor | None = None
         self.requests = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
 
     def fetch(self, ids: Sequence[str], *, workers: int = 1) -> dict[str, Raw]:
-        """Every id's answer, with up to ``workers`` of this call's requests in flight at once.
-        Raises the error of a request that carried one of ``ids``."""
+        """Every id's answer (in the order of ``ids``, each once), with up to ``workers`` of
+        this call's requests in flight at once. Returns only when every request carrying one of
+        ``ids`` has answered, then raises the error of the first such request that failed."""
         wanted = list(dict.fromkeys(ids))
         if not wanted:
             return {}
         call = _Call()
         workers = max(1, workers)
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="healthie") if workers > 1 else None
-        try:
+        with self._cond:
+            mine = {pid: self._register(pid) for pid in wanted}
+        deadline: float | None = None
+        while True:
             with self._cond:
-                mine = {pid: self._register(pid) for pid in wanted}
-            deadline: float | None = None
-            while True:
-                with self._cond:
-                    chunks, deadline = self._next(mine, call, workers, deadline)
-                    if chunks is None:
-                        return self._collect(mine)
-                    call.running += len(chunks)
-                if pool is None:
-                    self._run(chunks[0], call)
-                else:
-                    for chunk in chunks:
-                        pool.submit(self._run, chunk, call)
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
+                chunks, deadline = self._next(mine, call, workers, deadline)
+                if chunks is None:
+                    return self._collect(mine)
+                call.running += len(chunks)
+                self.in_flight += len(chunks)
+                self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+                # nothing of ours is left to cut: the caller sends the last request itself
+                last = chunks.pop() if all(s.sent for s in mine.values()) else None
+            for chunk in chunks:
+                self._dispatch(chunk, call)
+            if last is not None:
+                self._run(last, call)
+
+    def close(self) -> None:
+        """Stop the pool's threads once their requests are done (a later fetch starts a new
+        pool)."""
+        with self._cond:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def _dispatch(self, chunk: list[str], call: _Call) -> None:
+        """Send ``chunk`` from the pool. The pool has ``max_in_flight`` threads, which ``_next``
+        never exceeds, so a request starts at once (none waits in a queue holding ids)."""
+        with self._cond:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="healthie")
+            pool = self._pool
+        try:
+            pool.submit(self._run, chunk, call)
+        except RuntimeError:  # closed meanwhile: the ids are taken, so send them here
+            self._run(chunk, call)
 
     def _register(self, pid: str) -> _Slot:
         slot = self._slots.get(pid)
@@ -121,7 +155,7 @@ class FetchCoalescer:
         while True:
             if all(slot.done for slot in mine.values()):
                 return None, deadline
-            free = workers - call.running
+            free = min(workers - call.running, self.max_in_flight - self.in_flight)
             size = max(1, self._per_request())
             chunks: list[list[str]] = []
             while free > len(chunks) and len(self._pending) >= size:
@@ -129,14 +163,22 @@ class FetchCoalescer:
             if chunks:
                 return chunks, deadline
             if free > 0 and any(not slot.sent for slot in mine.values()):
-                # only a partial request is left, some of it ours: wait for company, boundedly
+                # only a partial request is left, some of it ours: wait for company while this
+                # call's own requests are in flight (their answers are awaited anyway), then at
+                # most ``linger`` more: the callers those answers free come back with new ids
+                if call.running > 0:
+                    deadline = None
+                    self._cond.wait()
+                    continue
                 now = self._clock()
                 deadline = now + self.linger if deadline is None else deadline
                 if now >= deadline:
                     return [self._take(size)], deadline
                 self._cond.wait(deadline - now)
             else:
-                self._cond.wait()  # our ids are in flight (ours or another caller's requests)
+                # our ids are in flight (ours or another caller's requests), or every slot is
+                # taken: a request in flight will answer and notify
+                self._cond.wait()
 
     def _take(self, size: int) -> list[str]:
         chunk = []
@@ -162,6 +204,7 @@ class FetchCoalescer:
                 slot = self._slots.pop(pid)
                 slot.value, slot.error, slot.done = answers.get(pid), error, True
             call.running -= 1
+            self.in_flight -= 1
             self._cond.notify_all()
 
     @staticmethod

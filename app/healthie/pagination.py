@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from gql import GraphQLRequest
 
 from app.core.errors import InvalidResponse
+from app.healthie.client import PrintedRequest
 
 if TYPE_CHECKING:
     from app.healthie.client import HealthieClient
@@ -49,7 +50,8 @@ class Pages:
     ) -> None:
         if page_size < 1 or max_pages < 1:
             raise ValueError("page_size and max_pages must be positive")
-        self.client, self.request, self.field = client, request, field
+        # printed once for every page, not once per page
+        self.client, self.request, self.field = client, PrintedRequest.of(request), field
         self.variables = dict(variables or {})
         self.page_size, self.max_pages = page_size, max_pages
         self.pages = 0

@@ -3,7 +3,8 @@ with its limiter on (a sliding one-second window, refusing with Healthie's TOO_M
 wrapped so every answer is counted, and optionally answering refusals as HTTP 429 with a
 Retry-After. Pass/fail is by counted answers, never by time:
 
-* configured at the limit (1, 5 and 15 requests/s), no request is ever refused;
+* configured at the limit (1, 5 and 15 requests/s), no request is ever refused, also when
+  one fetch's requests are in flight together;
 * configured at Healthie's 250/s against a lower limit, the client learns it from the first
   refusals (one volley of the requests then in flight) and no later request is refused.
 """
@@ -167,6 +168,33 @@ def test_a_lower_limit_is_learned_from_the_answers_and_then_never_exceeded(
     assert len(steady) >= requests - limit - 2 * THREADS
     assert not any(steady)
     assert healthie.rate_limited == len(refused)
+
+
+def test_the_parallel_requests_of_one_fetch_are_paced_too(stand_in, sandbox):
+    """One thread's fetch of 40 patients by 5 is 8 requests in flight together (the client's
+    default concurrency): at the limit, still no refusal."""
+    url, counting = stand_in
+    limit_to(sandbox, 5)
+    counting.reset()
+    healthie = HealthieClient(
+        url=url,
+        api_key=sandbox.api_key,
+        bucket=TokenBucket(5),
+        breaker=CircuitBreaker(threshold=50),
+        batch_size=5,
+        fetch_linger=0.0,
+    )
+    ids = list(sandbox.org.patient_ids())
+    try:
+        for _ in range(3):
+            out = healthie.fetch_entries(ids)
+            assert all(out[pid] is not None for pid in ids)
+    finally:
+        healthie.close()
+        limit_to(sandbox, 0)
+    assert len(counting.answers) == 3 * len(ids) // 5
+    assert counting.answers.count(True) == 0
+    assert healthie.rate_limited == 0
 
 
 def test_the_429_answers_are_counted_as_json_bodies(stand_in, sandbox):
