@@ -9,8 +9,9 @@ dead-letter or wait happen here and nowhere else.
                                                       decide → write →    middleware.after_item
                                                       record)             (audit, tallies), then
                                                                           the queue action
-                      lease keeper: while the batch runs, every third of the lease, extend the
-                      unsettled messages' ack deadlines and renew the patient leases
+                      lease keeper: right after the pull, cut the messages' leases to the
+                      heartbeat horizon; then, every third of it while the batch runs, renew
+                      the unsettled messages' deadlines and the patient leases
                       middleware.after_batch (release leases, add the run counts)
 
 =================  ===========================================================
@@ -39,11 +40,22 @@ a pulled batch run in parallel lanes, so one clinic's slow stage (an hours-long 
 a Healthie that times out) never holds another's items; the queue's order is the queue's
 (Pub/Sub promises none).
 
-**Long batches.** The ack deadline is minutes and a Message Batch may take hours: a lease
-keeper thread extends the leases (``Queue.extend``) of every message of the batch not yet
-settled, and renews the patient leases, so no other worker is handed the same items and the
-batch is submitted once. A worker that dies stops extending; its items come back after one
-deadline.
+**Heartbeat leases.** A pulled message is leased for the subscription's ack deadline
+(minutes); the consumer at once cuts that to a short *heartbeat horizon* H
+(``work_heartbeat_seconds``, 15 s by default) and a lease keeper thread renews the messages
+and the patient leases every third of H for as long as the batch runs. A batch that takes
+hours (a pending Message Batch) keeps its messages and patients, so no other worker is handed
+the same items and the batch is submitted once; a worker that is killed stops renewing, and
+its items and patients are free again within seconds, not one ack deadline. Renewals are
+``Queue.extend`` calls, never deliveries: the redelivery after a crash is one delivery
+attempt, like any other.
+
+The messages must come back no earlier than their patients are free, or the next worker finds
+them "busy" and spends an attempt deferring them. Patient leases last H; messages are leased
+one renewal interval longer (4/3 H) and renewed first in each beat (and once more after the
+patients are taken), so even a worker killed half-way through renewing its patients leaves
+messages that outlast every patient lease it renewed, provided a beat's renewals take less
+than one interval. A dead worker's items are therefore back within 4/3 H (20 s by default).
 
 A dead letter is published to ``work-dlq`` and then indexed in the state store, stamped with
 the integration's rules version (``workers.deadletters``: how ``dlq list`` reads without
@@ -75,6 +87,7 @@ from app.core.errors import (
     SkippableError,
 )
 from app.core.models import Counts, WorkItem
+from app.core.settings import WORK_HEARTBEAT_SECONDS
 from app.queue.base import Message, Queue
 from app.queue.topology import WORK_DLQ_TOPIC, WORK_SUBSCRIPTION
 from app.resilience.retry import redelivery_delay
@@ -115,9 +128,10 @@ MAX_LANES = 8
 
 
 class LeaseKeeper:
-    """While a batch runs, extends the ack deadline of its unsettled messages and calls each
-    middleware's ``keep_alive`` every ``interval`` seconds (a thread, from ``start`` to
-    ``stop``)."""
+    """Heartbeats a batch's leases. ``renew`` sets the unsettled messages' ack deadline to
+    ``seconds`` from now; between ``start`` and ``stop`` a thread, every ``interval`` seconds,
+    renews and then calls each middleware's ``keep_alive``. A failed renewal is logged and
+    tried again at the next beat (the work is idempotent; the patient leases guard it)."""
 
     def __init__(
         self,
@@ -133,41 +147,47 @@ class LeaseKeeper:
         self._interval = interval
         self._middleware = list(middleware)
         self._unsettled = set(ack_ids)
-        # held while extending and while an item leaves the set, so an extension never lands
+        # held while renewing and while an item leaves the set, so a renewal never lands
         # after the item's own ack or nack (a nack's delay must stand)
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def settled(self, ack_id: str) -> None:
-        """The message is about to be settled: extend it no more. Call with ``lock`` held."""
+        """The message is about to be settled: renew it no more. Call with ``lock`` held."""
         self._unsettled.discard(ack_id)
 
+    def renew(self) -> None:
+        """Lease every unsettled message ``seconds`` ahead from now."""
+        with self.lock:
+            ack_ids = sorted(self._unsettled)
+            if not ack_ids:
+                return
+            try:
+                self._queue.extend(WORK_SUBSCRIPTION, ack_ids, self._seconds)
+            except Exception as exc:  # noqa: BLE001 - the leases may lapse; work is idempotent
+                log.warning("could not renew %d leases (%s)", len(ack_ids), type(exc).__name__)
+
     def start(self) -> None:
-        """Start extending (nothing to do for an empty batch)."""
+        """Start the heartbeat (nothing to do for an empty batch)."""
         if self._unsettled and self._thread is None:
             self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
-        """Stop extending and wait for an extension in progress (idempotent)."""
+        """Stop the heartbeat and wait for a beat in progress (idempotent)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            with self.lock:
-                ack_ids = sorted(self._unsettled)
-                try:
-                    if ack_ids:
-                        self._queue.extend(WORK_SUBSCRIPTION, ack_ids, self._seconds)
-                except Exception as exc:  # noqa: BLE001 - the leases may lapse; work is idempotent
-                    log.warning("could not extend %d leases (%s)", len(ack_ids), type(exc).__name__)
+            # messages first: they then outlast every patient lease renewed after them
+            self.renew()
             for mw in self._middleware:
                 try:
                     mw.keep_alive()
-                except Exception as exc:  # noqa: BLE001 - as above
+                except Exception as exc:  # noqa: BLE001 - as in renew
                     log.warning(
                         "keep-alive of %s failed (%s)", type(mw).__name__, type(exc).__name__
                     )
@@ -184,19 +204,23 @@ class Consumer:
         *,
         max_attempts: int,
         lease_seconds: float,
+        heartbeat_seconds: float = WORK_HEARTBEAT_SECONDS,
         middleware: Sequence[Middleware] | None = None,
     ) -> None:
         self.queue = queue
         self.state = state
         self.clients_for = clients_for
         self.max_attempts = max_attempts
-        #: the work subscription's ack deadline: leases are extended every third of it
+        #: the work subscription's ack deadline: what a pull leases a message for
         self.lease_seconds = lease_seconds
+        #: the heartbeat horizon H (at most the subscription's deadline): patient leases reach
+        #: this far ahead, messages a third further, renewed every third of it
+        self.heartbeat_seconds = min(heartbeat_seconds, lease_seconds)
         self.middleware: list[Middleware] = (
             list(middleware)
             if middleware is not None
             else [
-                PatientLeases(state, lease_seconds),
+                PatientLeases(state, self.heartbeat_seconds),
                 AuditTrail(state),
                 RunTally(state),
                 Metrics(),
@@ -205,28 +229,33 @@ class Consumer:
         self._settling = threading.Lock()
 
     @classmethod
-    def from_runtime(cls, runtime: Runtime) -> Consumer:
-        """A consumer on the runtime's queue, state and clients, with the standard middleware."""
+    def from_runtime(cls, runtime: Runtime, queue: Queue | None = None) -> Consumer:
+        """A consumer on the runtime's state, clients and settings, with the standard
+        middleware, pulling from ``queue`` (default: the runtime's)."""
+        settings = runtime.settings
         return cls(
-            runtime.queue,
+            runtime.queue if queue is None else queue,
             runtime.state,
             runtime.clients,
-            max_attempts=runtime.settings.work_max_delivery_attempts,
-            lease_seconds=float(runtime.settings.work_ack_deadline_seconds),
+            max_attempts=settings.work_max_delivery_attempts,
+            lease_seconds=float(settings.work_ack_deadline_seconds),
+            heartbeat_seconds=settings.work_heartbeat_seconds,
         )
 
     def process_batch(self, messages: Sequence[Message]) -> Counts:
         """Process one pulled batch; every message is acked, nacked, dead-lettered or made to
         wait. One integration's failure never raises here: it is its items' outcome."""
+        interval = max(0.05, self.heartbeat_seconds / 3)
         keeper = LeaseKeeper(
             self.queue,
             [m.ack_id for m in messages],
-            seconds=self.lease_seconds,
-            interval=max(0.05, self.lease_seconds / 3),
+            seconds=self.heartbeat_seconds + interval,  # outlasting the patients' (docstring)
+            interval=interval,
             middleware=self.middleware,
         )
         total = Counts()
         deliveries: list[Delivery] = []
+        keeper.renew()  # from the ack deadline down to the heartbeat
         keeper.start()
         try:
             for message in messages:
@@ -246,6 +275,7 @@ class Consumer:
                 if busy:
                     deliveries = [d for d in deliveries if id(d.item) in kept]
                     total = total.add(self._defer_busy(busy, keeper))
+            keeper.renew()  # the messages' horizon now ends after the patient leases'
             total = total.add(self._run_lanes(deliveries, keeper))
         finally:
             keeper.stop()  # no extension once the batch's leases are released

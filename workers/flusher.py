@@ -20,18 +20,30 @@ stages every cadence daily (``stage_only``), so no mark waits in a subscription 
 cadence change applies from the next run: marks already queued under the old cadence are
 staged by that cadence's next run and published by the integration's new cadence.
 
-One flush per cadence runs at a time (a lease in the state store, renewed per chunk); a second
-trigger gets FlushInProgress. Crash safety: a flusher killed after staging re-publishes
-harmlessly (processing is idempotent and unchanged entries are skipped); killed before staging
-loses nothing (the marks were not acknowledged).
+One flush per cadence runs at a time: a lease in the state store (``FlushLease``), held a short
+horizon ahead (``flush_lease_seconds``, 15 s by default) and renewed every third of it by a
+heartbeat thread while the flush runs; a second trigger gets FlushInProgress. The same beat
+keeps the chunk of dirty marks being staged leased for that horizon. A flush that finds its
+lease taken over, or could not renew it for a whole horizon, stops with FlushInProgress before
+it acknowledges or publishes more (two publishers could otherwise unstage each other's
+versions).
+
+Crash safety: a flusher killed after staging re-publishes harmlessly (processing is idempotent
+and unchanged entries are skipped); killed before staging loses nothing (the marks were not
+acknowledged). A killed flush stops heartbeating, so its cadence is free again, and its pulled
+marks visible again, within one horizon (the embedded scheduler retries then:
+``app.service.scheduler``); a flush that *fails* while staging a chunk gives the chunk's marks
+back at once (nack, no delay).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -43,6 +55,7 @@ from app.core import faults
 from app.core.config import Integration
 from app.core.errors import FlushInProgress, HealthieSyncError, InvalidResponse, RetriableError
 from app.core.models import Cadence, DirtyMark, RunRecord, SubjectKind, WorkItem
+from app.core.settings import FLUSH_LEASE_SECONDS
 from app.healthie.client import HealthieClient
 from app.healthie.sweep import resolve_applied_tags, sweep_changes
 from app.observability import metrics
@@ -55,8 +68,6 @@ from workers.pipeline import MERGED_REASON
 from workers.rules import decision_rules
 
 log = logging.getLogger(__name__)
-
-LEASE_TTL_SECONDS = 900.0
 
 
 @dataclass
@@ -83,18 +94,121 @@ class FlushResult:
 
 @dataclass(frozen=True)
 class Parts:
-    """Exactly what a flush uses: the queue, the state store, the integrations, and each
-    integration's Healthie client (appointment resolution and the sweep)."""
+    """Exactly what a flush uses: the queue, the state store, the integrations, each
+    integration's Healthie client (appointment resolution and the sweep), and the horizon of
+    the flush lease."""
 
     queue: Queue
     state: StateStore
     integrations: Mapping[str, Integration]
     healthie: Callable[[str], HealthieClient]
+    lease_seconds: float = FLUSH_LEASE_SECONDS
 
     @classmethod
     def of(cls, runtime: Runtime) -> Parts:
         """The parts of ``runtime``."""
-        return cls(runtime.queue, runtime.state, runtime.integrations, runtime.healthie)
+        return cls(
+            runtime.queue,
+            runtime.state,
+            runtime.integrations,
+            runtime.healthie,
+            runtime.settings.flush_lease_seconds,
+        )
+
+
+class FlushLease:
+    """A cadence's flush lease with a heartbeat: taken ``seconds`` ahead, renewed every third
+    of that by a thread until ``release``, together with the dirty marks the flush is staging
+    (``hold``). ``check`` raises FlushInProgress once the lease was taken over or could not be
+    confirmed for a whole horizon (the state store unreachable: it may have lapsed)."""
+
+    def __init__(
+        self, state: StateStore, queue: Queue, cadence: Cadence, owner: str, seconds: float
+    ) -> None:
+        self._state = state
+        self._queue = queue
+        self._name = f"flush:{cadence.value}"
+        self._cadence = cadence
+        self._owner = owner
+        self._seconds = seconds
+        self._confirmed = 0.0  # time.monotonic() of the last renewal the store confirmed
+        self._lost = False
+        self._marks: tuple[str, list[str]] | None = None
+        # held while renewing marks and while the flush acks or nacks them, so a renewal never
+        # lands after a nack (its "now" must stand)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> None:
+        """Take the lease and start the heartbeat; FlushInProgress when another flush holds it."""
+        if not self._state.try_lease(self._name, self._owner, self._seconds):
+            raise FlushInProgress(f"a {self._cadence.value} flush is already running")
+        self._confirmed = time.monotonic()
+        self._thread = threading.Thread(
+            target=self._run, name=f"flush-lease-{self._cadence.value}", daemon=True
+        )
+        self._thread.start()
+
+    def check(self) -> None:
+        """Raise FlushInProgress if this flush may no longer hold its lease."""
+        if self._lost:
+            raise FlushInProgress(f"flush {self._owner} lost its lease to another flush")
+        if time.monotonic() - self._confirmed >= self._seconds:
+            raise FlushInProgress(f"flush {self._owner} could not renew its lease in time")
+
+    def hold(self, subscription: str, ack_ids: Sequence[str]) -> None:
+        """Lease these pulled marks one horizon ahead now, and with every beat until
+        ``settle``."""
+        with self._lock:
+            self._marks = (subscription, list(ack_ids))
+            self._renew_marks()
+
+    def settle(self, *, give_back: bool = False) -> None:
+        """The held marks are done: acknowledge them, or give them back for redelivery at once
+        (``give_back``). Either way the heartbeat stops renewing them."""
+        with self._lock:
+            if self._marks is None:
+                return
+            subscription, ack_ids = self._marks
+            self._marks = None
+            if give_back:
+                self._queue.nack(subscription, ack_ids, 0)
+            else:
+                self._queue.ack(subscription, ack_ids)
+
+    def release(self) -> None:
+        """Stop the heartbeat and free the lease (if still ours)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._state.release_lease(self._name, self._owner)
+
+    def _renew_marks(self) -> None:
+        if self._marks is None:
+            return
+        subscription, ack_ids = self._marks
+        try:
+            self._queue.extend(subscription, ack_ids, self._seconds)
+        except Exception as exc:  # noqa: BLE001 - they come back later; staging is idempotent
+            log.warning("could not renew %d mark leases (%s)", len(ack_ids), type(exc).__name__)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._seconds / 3):
+            # the marks first: the lease then outlasts them, so the flush that takes a dead
+            # one's lease over finds its marks visible again
+            with self._lock:
+                self._renew_marks()
+            try:
+                if self._state.try_lease(self._name, self._owner, self._seconds):
+                    self._confirmed = time.monotonic()
+                else:
+                    self._lost = True
+                    log.warning("flush %s lost its lease to another flush", self._owner)
+            except Exception as exc:  # noqa: BLE001 - check() stops the flush if this lasts
+                log.warning(
+                    "flush %s could not renew its lease (%s)", self._owner, type(exc).__name__
+                )
 
 
 def flush(
@@ -128,9 +242,8 @@ def flush_parts(
 ) -> FlushResult:
     """:func:`flush` on explicit parts."""
     flush_id = f"{cadence.value}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    lease = f"flush:{cadence.value}"
-    if not parts.state.try_lease(lease, flush_id, LEASE_TTL_SECONDS):
-        raise FlushInProgress(f"a {cadence.value} flush is already running")
+    lease = FlushLease(parts.state, parts.queue, cadence, flush_id, parts.lease_seconds)
+    lease.acquire()
     result = FlushResult(flush_id=flush_id, cadence=cadence)
     started = datetime.now(UTC)
     try:
@@ -195,7 +308,7 @@ def flush_parts(
                 )
                 log.warning("flush %s: %s failed (%s)", flush_id, integration_id, reason[:80])
                 continue
-            _renew(parts.state, lease, flush_id)
+            lease.check()
             run.counts.dirty_patients = run.patients
             # The flush's part is done; the run is finished when every patient has its outcome
             # (the state store settles it as the workers' counts arrive).
@@ -221,18 +334,11 @@ def flush_parts(
         metrics.record_flush(cadence.value, "failed")
         raise
     finally:
-        parts.state.release_lease(lease, flush_id)
-
-
-def _renew(state: StateStore, lease: str, owner: str) -> None:
-    # A flush that lost its lease (it ran past the TTL and another took over) must stop: two
-    # publishers could otherwise unstage each other's versions.
-    if not state.try_lease(lease, owner, LEASE_TTL_SECONDS):
-        raise FlushInProgress(f"flush {owner} lost its lease to another flush")
+        lease.release()
 
 
 def _stage(
-    parts: Parts, cadence: Cadence, chunk_size: int, result: FlushResult, lease: str
+    parts: Parts, cadence: Cadence, chunk_size: int, result: FlushResult, lease: FlushLease
 ) -> dict[str, int]:
     subscription = dirty_subscription(cadence)
     per_integration: dict[str, int] = defaultdict(int)
@@ -240,22 +346,34 @@ def _stage(
         messages = parts.queue.pull(subscription, chunk_size)
         if not messages:
             return per_integration
-        marks: list[DirtyMark] = []
-        for message in messages:
+        lease.hold(subscription, [m.ack_id for m in messages])
+        try:
+            marks: list[DirtyMark] = []
+            for message in messages:
+                try:
+                    marks.append(DirtyMark.model_validate_json(message.data))
+                except ValidationError:
+                    result.invalid_marks += 1
+                    log.warning("dropping undecodable dirty mark %s", message.message_id)
+            staged = 0
+            for integration_id, pending in _resolve(parts, marks, result).items():
+                parts.state.add_pending(integration_id, pending)
+                staged += len(pending)
+            faults.point("flush.staged")
+        except BaseException:
+            # staging again is harmless (the pending set de-duplicates): give the chunk back now
+            # rather than leave it leased until its horizon
             try:
-                marks.append(DirtyMark.model_validate_json(message.data))
-            except ValidationError:
-                result.invalid_marks += 1
-                log.warning("dropping undecodable dirty mark %s", message.message_id)
+                lease.settle(give_back=True)
+            except Exception as exc:  # noqa: BLE001 - the marks come back within the horizon
+                log.warning("could not give back %d marks (%s)", len(messages), type(exc).__name__)
+            raise
+        lease.settle()
         result.marks += len(marks)
+        result.staged += staged
         for mark in marks:
             per_integration[mark.integration_id] += 1
-        for integration_id, pending in _resolve(parts, marks, result).items():
-            parts.state.add_pending(integration_id, pending)
-            result.staged += len(pending)
-        faults.point("flush.staged")
-        parts.queue.ack(subscription, [m.ack_id for m in messages])
-        _renew(parts.state, lease, result.flush_id)
+        lease.check()
 
 
 def _resolve(

@@ -173,13 +173,7 @@ class WorkerLoop:
         runtime = self._runtime
         for n in range(self._concurrency):
             in_flight = InFlight(runtime.queue)
-            consumer = Consumer(
-                in_flight,
-                runtime.state,
-                runtime.clients,
-                max_attempts=runtime.settings.work_max_delivery_attempts,
-                lease_seconds=float(runtime.settings.work_ack_deadline_seconds),
-            )
+            consumer = Consumer.from_runtime(runtime, queue=in_flight)
             thread = threading.Thread(
                 target=self._run, args=(in_flight, consumer), name=f"worker-{n}", daemon=True
             )

@@ -131,7 +131,7 @@ def serve(
                 # weekly marks are staged daily, so none waits out Pub/Sub's 7-day retention
                 run_flush(runtime, Cadence.WEEKLY, stage_only=True)
 
-        scheduler = EmbeddedScheduler(fire)
+        scheduler = EmbeddedScheduler(fire, retry_seconds=runtime.settings.flush_lease_seconds + 1)
         scheduler.start()
     configure_from_environment()
     # SIGTERM (how Cloud Run stops an instance): stop pulling, finish or hand back in-flight

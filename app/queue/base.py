@@ -3,7 +3,8 @@ each).
 
 Semantics follow Google Cloud Pub/Sub so the embedded backend never hides a production surprise:
 publishing to a topic fans out to every subscription whose attribute filter matches; a pulled
-message is leased for the subscription's ack deadline; unacked or nacked messages come back with
+message is leased for the subscription's ack deadline, which its holder may move (``extend``,
+a heartbeat, never counted as a delivery); unacked or nacked messages come back with
 ``delivery_attempt`` incremented; after ``max_delivery_attempts`` a message is forwarded to the
 subscription's dead-letter topic instead of being delivered again.
 """
@@ -79,10 +80,12 @@ class Queue(Protocol):
         ...
 
     def extend(self, subscription: str, ack_ids: Sequence[str], seconds: float) -> None:
-        """Keep the leased messages invisible for ``seconds`` more from now (a worker still
-        on them, e.g. a Message Batch pending for hours). Acked, nacked or re-leased ack ids
-        are ignored. Pub/Sub's ``modifyAckDeadline``: at most 600 s per call, so a holder
-        extends again before the time is up."""
+        """Keep the leased messages invisible for ``seconds`` from now, shorter or longer
+        than the ack deadline they were pulled with: Pub/Sub's ``modifyAckDeadline``, at most
+        600 s per call. A holder heartbeats with it (a short horizon, renewed while it works,
+        e.g. on a Message Batch pending for hours), so a holder that dies frees its messages
+        within one horizon. An extension is not a delivery: ``delivery_attempt`` counts pulls
+        only. Acked, nacked or re-leased ack ids are ignored."""
         ...
 
     def close(self) -> None:

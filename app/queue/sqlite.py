@@ -2,7 +2,20 @@
 
 Fan-out happens at publish time: one row per matching subscription, so each subscription keeps
 its own delivery state. A lease is a ``visible_at`` in the future plus a fresh ``ack_id``; an
-expired lease makes the message visible again, exactly like an ack deadline.
+expired lease makes the message visible again, exactly like an ack deadline. ``extend`` moves
+``visible_at`` and nothing else: a heartbeat never counts as a delivery, only a ``pull`` does.
+
+**A dead holder's messages** come back when its heartbeat horizon lapses (the consumer renews
+its leases every few seconds: ``workers.consumer``), not through a holder identity a restarted
+process could check. Reclaiming sooner, by looking up the holder's pid, would not make recovery
+faster: the dead worker's patient leases in the state store last the same horizon, so its
+messages would only meet "patient busy" and spend a delivery attempt. It would also be wrong
+where a pid proves nothing (containers sharing the file in separate pid namespaces, a pid
+reused), and Pub/Sub cannot do it, so the embedded queue would hide a production difference.
+
+**Failures.** A database that is locked by another process for longer than ``busy_timeout``
+seconds, full, or not writable is ``QueueUnavailable`` (retry later; the API answers 503),
+mapped in one place (``_unavailable``).
 
 Publishes are group-committed: concurrent callers hand their messages to one writer thread,
 which stores everything pending in a single transaction and then releases each caller. Every
@@ -18,8 +31,9 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,21 +62,23 @@ CREATE INDEX IF NOT EXISTS messages_age ON messages (subscription, publish_time)
 class SqliteQueue:
     """A durable queue in one SQLite database; thread-safe within a process.
 
-    Several processes may share the file (SQLite's locking serializes writers); ``:memory:``
-    gives a private in-process queue for unit tests.
+    Several processes may share the file (SQLite's locking serializes writers; a call waits
+    up to ``busy_timeout`` seconds for another's lock); ``:memory:`` gives a private in-process
+    queue for unit tests.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout: float = 30.0) -> None:
         self._path = str(path)
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            self._path, check_same_thread=False, isolation_level=None, timeout=30
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        with _unavailable(f"open queue {self._path!r}"):
+            self._db = sqlite3.connect(
+                self._path, check_same_thread=False, isolation_level=None, timeout=busy_timeout
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
         self._subs_cache: dict[str, list[tuple[str, dict[str, str]]]] = {}
         self._purged_at: dict[str, float] = {}  # retention purge runs at most once a minute
         self._pending: stdlib_queue.SimpleQueue[_Publish | None] = stdlib_queue.SimpleQueue()
@@ -72,12 +88,12 @@ class SqliteQueue:
     # -- administration -------------------------------------------------------------------
     def ensure_topic(self, topic: str) -> None:
         """Create ``topic`` if missing."""
-        with self._lock:
+        with self._lock, _unavailable(f"create topic {topic!r}"):
             self._db.execute("INSERT OR IGNORE INTO topics(name) VALUES (?)", (topic,))
 
     def ensure_subscription(self, spec: SubscriptionSpec) -> None:
         """Create the subscription if missing; an existing one keeps its settings."""
-        with self._lock:
+        with self._lock, _unavailable(f"create subscription {spec.name!r}"):
             if not self._db.execute("SELECT 1 FROM topics WHERE name=?", (spec.topic,)).fetchone():
                 raise ConfigurationError(f"topic {spec.topic!r} does not exist")
             self._db.execute(
@@ -181,7 +197,7 @@ class SqliteQueue:
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
-                failure = QueueUnavailable(f"publish failed: {exc}")
+                failure = _as_unavailable("publish", exc)
                 results = [(request, failure) for request in batch]
         for request, outcome in results:
             if isinstance(outcome, BaseException):
@@ -200,7 +216,7 @@ class SqliteQueue:
         """Lease up to ``max_messages`` visible messages, dead-lettering exhausted ones."""
         now = time.time()
         out: list[Message] = []
-        with self._lock:
+        with self._lock, _unavailable(f"pull from {subscription!r}"):
             sub = self._db.execute(
                 "SELECT ack_deadline, max_attempts, dead_letter_topic, retention"
                 " FROM subscriptions WHERE name=?",
@@ -244,9 +260,9 @@ class SqliteQueue:
                         )
                     )
                 self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except sqlite3.Error:
                 self._rollback()
-                raise QueueUnavailable(f"pull from {subscription!r} failed: {exc}") from exc
+                raise
         return out
 
     def _forward_dead_letter(
@@ -267,7 +283,7 @@ class SqliteQueue:
 
     def ack(self, subscription: str, ack_ids: Sequence[str]) -> None:
         """Delete the leased messages; unknown or expired ack ids are ignored (as in Pub/Sub)."""
-        with self._lock:
+        with self._lock, _unavailable(f"ack on {subscription!r}"):
             self._db.executemany(
                 # INDEXED BY: with the age index present the planner would otherwise scan the
                 # whole subscription for every ack (ack ids are unique and name their subscription)
@@ -278,7 +294,7 @@ class SqliteQueue:
     def nack(self, subscription: str, ack_ids: Sequence[str], delay_seconds: float = 0) -> None:
         """Make the leased messages visible again after ``delay_seconds``."""
         visible = time.time() + max(0.0, delay_seconds)
-        with self._lock:
+        with self._lock, _unavailable(f"nack on {subscription!r}"):
             self._db.executemany(
                 "UPDATE messages INDEXED BY messages_ack SET visible_at=?, ack_id=NULL"
                 " WHERE ack_id=? AND subscription=?",
@@ -286,10 +302,11 @@ class SqliteQueue:
             )
 
     def extend(self, subscription: str, ack_ids: Sequence[str], seconds: float) -> None:
-        """Push the leases of ``ack_ids`` to ``seconds`` from now; an ack id no longer leased
-        (acked, nacked, or pulled again by another worker) matches no row."""
+        """Push the leases of ``ack_ids`` to ``seconds`` from now (shorter or longer than the
+        lease they had: a heartbeat); an ack id no longer leased (acked, nacked, or pulled
+        again by another worker) matches no row. The delivery count is not touched."""
         visible = time.time() + max(0.0, seconds)
-        with self._lock:
+        with self._lock, _unavailable(f"extend leases on {subscription!r}"):
             self._db.executemany(
                 "UPDATE messages INDEXED BY messages_ack SET visible_at=?"
                 " WHERE ack_id=? AND subscription=?",
@@ -298,7 +315,7 @@ class SqliteQueue:
 
     def depth(self, subscription: str) -> int:
         """Messages held for ``subscription`` (leased or not); for operators and tests."""
-        with self._lock:
+        with self._lock, _unavailable(f"count {subscription!r}"):
             row = self._db.execute(
                 "SELECT COUNT(*) FROM messages WHERE subscription=?", (subscription,)
             ).fetchone()
@@ -311,6 +328,46 @@ class SqliteQueue:
             self._writer.join(timeout=30)
         with self._lock:
             self._db.close()
+
+
+#: SQLite's primary result codes for "not now": another connection holds the lock, the disk
+#: or database is full, I/O failed, the file cannot be opened or written.
+_UNAVAILABLE_CODES = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_READONLY,
+    }
+)
+
+
+def _as_unavailable(what: str, exc: sqlite3.Error) -> QueueUnavailable | sqlite3.Error:
+    """``QueueUnavailable`` for a database that cannot serve now (locked past the busy timeout,
+    full, unwritable); any other SQLite error unchanged (a bug, not a state of the queue)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if primary in _UNAVAILABLE_CODES or (
+        primary is None and isinstance(exc, sqlite3.OperationalError)
+    ):
+        # the error text is SQLite's own ("database is locked"): no message data in it
+        name = getattr(exc, "sqlite_errorname", type(exc).__name__)
+        return QueueUnavailable(f"{what} failed: {name}: {exc}")
+    return exc
+
+
+@contextmanager
+def _unavailable(what: str) -> Iterator[None]:
+    """Run a database step, converting SQLite's "not now" errors (see ``_as_unavailable``)."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        mapped = _as_unavailable(what, exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc
 
 
 class _Publish:

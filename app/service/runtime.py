@@ -424,7 +424,9 @@ def build_queue(settings: Settings) -> Queue:
         return PubSubQueue(project=settings.gcp_project)
     from app.queue.sqlite import SqliteQueue
 
-    return SqliteQueue(settings.data_dir / "queue.db")
+    return SqliteQueue(
+        settings.data_dir / "queue.db", busy_timeout=settings.queue_busy_timeout_seconds
+    )
 
 
 def build_state(settings: Settings) -> StateStore:

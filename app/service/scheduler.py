@@ -10,6 +10,13 @@ weekly         Mondays 04:00
 
 A cadence change in an integration's config applies from the next run: marks already queued
 under the old cadence are flushed by that cadence's next run, new ones follow the new cadence.
+
+A flush refused with FlushInProgress (another process holds the cadence's lease: a flush
+still running, or one that crashed and whose lease has not lapsed yet) is fired again
+``retry_seconds`` later, the flush lease's horizon plus a margin, and again after that, until it
+runs or the cadence's next calendar instant comes: a crashed flush costs seconds, not the slot.
+Fires run one at a time on the scheduler's thread, so a retry never overlaps another flush of
+this scheduler, and the lease refuses it while any other process's flush of the cadence runs.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from app.core.errors import FlushInProgress
 from app.core.models import Cadence
+from app.core.settings import FLUSH_LEASE_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +57,8 @@ class EmbeddedScheduler:
     """A daemon thread that calls ``fire(cadence)`` at each cadence's scheduled instants.
 
     A fire that is still running when its next instant comes is not started twice; a failure
-    is logged and the schedule goes on.
+    is logged and the schedule goes on; a fire refused with FlushInProgress is retried
+    ``retry_seconds`` later (until the cadence's next instant).
     """
 
     def __init__(
@@ -58,10 +68,12 @@ class EmbeddedScheduler:
         cadences: tuple[Cadence, ...] = tuple(Cadence),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], bool] | None = None,
+        retry_seconds: float = FLUSH_LEASE_SECONDS + 1.0,
     ) -> None:
         self._fire = fire
         self._cadences = cadences
         self._clock = clock
+        self._retry = timedelta(seconds=retry_seconds)
         self._stop = threading.Event()
         # sleep(seconds) -> True when stopped meanwhile; tests pass one that moves a fake clock
         self._sleep = sleep or self._stop.wait
@@ -81,19 +93,36 @@ class EmbeddedScheduler:
 
     def _run(self) -> None:
         start = self._clock()
-        pending = {c: next_fire(c, start) for c in self._cadences}
+        calendar = {c: next_fire(c, start) for c in self._cadences}
+        retries: dict[Cadence, datetime] = {}  # a refused fire's next try, before its instant
+
+        def due(c: Cadence) -> datetime:
+            return retries.get(c, calendar[c])
+
         while not self._stop.is_set():
-            at = min(pending.values())
+            at = min(due(c) for c in self._cadences)
             wait = (at - self._clock()).total_seconds()
             if wait > 0 and self._sleep(wait):
                 return
             if self._stop.is_set():
                 return
             # every cadence due at this instant fires (00:00 is hourly and every 6 hours...)
-            for cadence in [c for c in self._cadences if pending[c] == at]:
-                pending[cadence] = next_fire(cadence, at)
+            for cadence in [c for c in self._cadences if due(c) == at]:
+                if retries.pop(cadence, None) is None:
+                    calendar[cadence] = next_fire(cadence, at)
                 self.fired.append((cadence, at))
                 try:
                     self._fire(cadence)
+                except FlushInProgress:
+                    again = max(at, self._clock()) + self._retry
+                    if again < calendar[cadence]:
+                        retries[cadence] = again
+                    log.warning(
+                        "scheduled %s flush refused: another holds its lease; %s",
+                        cadence.value,
+                        f"retried at {again:%H:%M:%S}"
+                        if cadence in retries
+                        else "the next instant runs it",
+                    )
                 except Exception:  # noqa: BLE001 - one failed flush must not stop the schedule
                     log.exception("scheduled %s flush failed", cadence.value)

@@ -26,13 +26,15 @@ from app.queue.sqlite import SqliteQueue
 from tests.pubsub_emulator import PROJECT, pubsub_emulator  # noqa: F401 - the fixture
 
 REQUESTED_LEASE = 1  # seconds; Pub/Sub raises it to 10
+LONG_LEASE = 600  # seconds: the ``long`` subscription's ack deadline, never waited out here
 REQUESTED_ATTEMPTS = 2  # Pub/Sub raises it to 5
 
 
 @dataclass(frozen=True)
 class Env:
-    """A queue with topic ``topic`` → subscriptions ``all`` (lease, dead letters) and ``daily``
-    (filtered), and ``dlq_topic`` → ``dlq``; plus what this backend makes of those specs."""
+    """A queue with topic ``topic`` → subscriptions ``all`` (lease, dead letters), ``daily``
+    (filtered) and ``long`` (a 600 s ack deadline), and ``dlq_topic`` → ``dlq``; plus what this
+    backend makes of those specs."""
 
     queue: Queue
     backend: str
@@ -41,6 +43,11 @@ class Env:
     max_attempts: int  # effective deliveries of ``all`` before dead-lettering
     counts_without_dead_letter_policy: bool  # does ``daily`` report delivery_attempt > 1?
     dead_letter_source_key: str  # attribute naming the source subscription on a dead letter
+    heartbeat_seconds: int  # the shortest heartbeat horizon the consumer can use here
+
+    @property
+    def long(self) -> str:
+        return self.name("long")
 
     def name(self, base: str) -> str:
         return f"{base}-{self.suffix}"
@@ -82,6 +89,7 @@ def env(request: pytest.FixtureRequest, tmp_path) -> Iterator[Env]:
             max_attempts=5,
             counts_without_dead_letter_policy=False,
             dead_letter_source_key="CloudPubSubDeadLetterSourceSubscription",
+            heartbeat_seconds=10,  # Settings.work_heartbeat_seconds' minimum
         )
     else:
         queue = SqliteQueue(":memory:" if request.param == "sqlite-memory" else tmp_path / "q.db")
@@ -90,6 +98,7 @@ def env(request: pytest.FixtureRequest, tmp_path) -> Iterator[Env]:
             max_attempts=REQUESTED_ATTEMPTS,
             counts_without_dead_letter_policy=True,
             dead_letter_source_key="dead_letter_source_subscription",
+            heartbeat_seconds=1,
         )
     e = Env(queue=queue, backend=request.param, suffix=suffix, **facts)
     queue.ensure_topic(e.topic)
@@ -106,6 +115,15 @@ def env(request: pytest.FixtureRequest, tmp_path) -> Iterator[Env]:
     )
     queue.ensure_subscription(
         SubscriptionSpec(name=e.daily, topic=e.topic, filter={"cadence": "daily"})
+    )
+    queue.ensure_subscription(
+        SubscriptionSpec(
+            name=e.long,
+            topic=e.topic,
+            ack_deadline_seconds=LONG_LEASE,
+            max_delivery_attempts=REQUESTED_ATTEMPTS,
+            dead_letter_topic=e.dlq_topic,
+        )
     )
     yield e
     queue.close()
@@ -201,6 +219,51 @@ def test_extend_ignores_settled_messages(env):
     q.extend(env.all, [got[b"acked"].ack_id, got[b"nacked"].ack_id], env.lease_seconds)
     again = pull_n(q, env.all, 1, timeout=env.lease_seconds / 2)  # before an extension ends
     assert [(m.data, m.delivery_attempt) for m in again] == [(b"nacked", 2)]
+
+
+def heartbeat(queue: Queue, env: Env, ack_id: str, beats: int) -> float:
+    """Hold ``ack_id`` on ``long`` as the consumer does: cut its lease to the heartbeat
+    horizon, then renew it every third of the horizon, ``beats`` times. Returns the
+    ``time.monotonic()`` of the last renewal."""
+    queue.extend(env.long, [ack_id], env.heartbeat_seconds)
+    last = time.monotonic()
+    for _ in range(beats):
+        time.sleep(env.heartbeat_seconds / 3)
+        queue.extend(env.long, [ack_id], env.heartbeat_seconds)
+        last = time.monotonic()
+    return last
+
+
+def test_a_holder_that_stops_heartbeating_loses_the_message_within_the_horizon(env):
+    """A worker killed while holding a message stops renewing it: the message comes back one
+    heartbeat horizon after the last renewal, not after the subscription's 600 s deadline,
+    and the renewals were not deliveries (the redelivery is attempt 2)."""
+    q = env.queue
+    q.publish(env.topic, b"x")
+    (m,) = pull_n(q, env.long, 1)
+    last = heartbeat(q, env, m.ack_id, beats=4)  # then the holder "dies"
+    assert q.pull(env.long) == []  # within the horizon: still its
+    (again,) = pull_n(q, env.long, 1, timeout=env.heartbeat_seconds + 5)
+    recovered = time.monotonic() - last
+    assert recovered <= env.heartbeat_seconds + 3  # one horizon (and the backend's tick)
+    assert (again.message_id, again.delivery_attempt) == (m.message_id, 2)
+
+
+def test_a_heartbeating_holder_keeps_the_message_and_its_ack(env):
+    """While the holder renews every third of the horizon, nobody else is handed the message,
+    for several horizons; its first ack id still acknowledges it for good."""
+    q = env.queue
+    q.publish(env.topic, b"x")
+    (m,) = pull_n(q, env.long, 1)
+    started = time.monotonic()
+    q.extend(env.long, [m.ack_id], env.heartbeat_seconds)
+    while time.monotonic() - started < 3 * env.heartbeat_seconds:
+        time.sleep(env.heartbeat_seconds / 3)
+        assert q.pull(env.long) == []
+        q.extend(env.long, [m.ack_id], env.heartbeat_seconds)
+    q.ack(env.long, [m.ack_id])
+    time.sleep(env.heartbeat_seconds + 0.5)
+    assert q.pull(env.long) == []
 
 
 def test_exhausted_messages_go_to_the_dead_letter_topic(env):
@@ -474,3 +537,40 @@ def test_pubsub_without_credentials_is_a_configuration_error(monkeypatch, tmp_pa
     monkeypatch.setenv("NO_GCE_CHECK", "True")  # and no metadata server to ask
     with pytest.raises(ConfigurationError, match="credentials"):
         PubSubQueue(project="p")
+
+
+# -- SQLite specifics ------------------------------------------------------------------------
+
+
+def test_sqlite_locked_database_is_queue_unavailable_after_the_busy_timeout(tmp_path):
+    """Another process holding the write lock past ``busy_timeout``: every call that writes is
+    QueueUnavailable (retry later, 503 at the API) after that long, never a raw SQLite error."""
+    import sqlite3
+
+    path = tmp_path / "q.db"
+    q = SqliteQueue(path, busy_timeout=0.2)
+    q.ensure_topic("t")
+    q.ensure_subscription(SubscriptionSpec(name="s", topic="t"))
+    q.publish("t", b"x")
+    (m,) = q.pull("s")
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # holds the write lock
+    try:
+        for call in (
+            lambda: q.publish("t", b"y"),
+            lambda: q.pull("s"),
+            lambda: q.ack("s", [m.ack_id]),
+            lambda: q.nack("s", [m.ack_id]),
+            lambda: q.extend("s", [m.ack_id], 10),
+            lambda: q.ensure_topic("t2"),
+        ):
+            started = time.monotonic()
+            with pytest.raises(QueueUnavailable, match="SQLITE_BUSY"):
+                call()
+            assert time.monotonic() - started < 5  # the busy timeout, not the default 30 s
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    q.ack("s", [m.ack_id])  # the lock gone, the queue works again
+    assert q.depth("s") == 0
+    q.close()

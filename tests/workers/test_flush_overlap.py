@@ -14,13 +14,15 @@ from fastapi.testclient import TestClient
 
 import workers.consumer as subscriber
 from app.api.app import create_app
-from app.core.errors import FlushInProgress
+from app.core.errors import FlushInProgress, StoreUnavailable
 from app.core.models import Cadence, DirtyMark, SubjectKind
 from app.queue.topology import DIRTY_TOPIC, WORK_SUBSCRIPTION, dirty_subscription
 from tests.helpers import demo_runtime
 from tests.workers.test_workers import FakeHealthie, work
 from workers.consumer import drain
-from workers.flusher import flush
+from workers.flusher import Parts, flush, flush_parts
+
+LEASE = 3.0  # seconds: the flush lease's horizon in these tests
 
 
 @pytest.fixture
@@ -129,3 +131,70 @@ def test_weekly_marks_are_staged_daily_and_published_weekly(runtime):
     assert runtime.queue.pull(dirty_subscription(Cadence.WEEKLY)) == []  # out of the queue
     assert [p.patient_id for p in runtime.state.list_pending("demo-clinic")] == ["1"]
     assert flush(runtime, Cadence.WEEKLY).work_items == 1
+
+
+@pytest.mark.parametrize("renewal", ["taken_over", "unconfirmed"])
+def test_a_flush_that_lost_its_lease_stops_before_publishing(runtime, monkeypatch, renewal):
+    """The flush lease's heartbeat renews it every third of its horizon; when a renewal is
+    refused (another flush took the lease over) or none is confirmed for a whole horizon (the
+    state store unreachable: the lease may have lapsed), the flush stops with FlushInProgress
+    and publishes nothing. Would fail if the flush ignored its heartbeat's verdict."""
+    mark(runtime, "1")
+    state = runtime.state
+    take, stage = state.try_lease, state.add_pending
+    calls: list[str] = []
+
+    def try_lease(name: str, owner: str, ttl: float) -> bool:
+        calls.append(name)
+        if name == "flush:daily" and calls.count(name) > 1:
+            if renewal == "taken_over":
+                return False
+            raise StoreUnavailable("state store unreachable")
+        return take(name, owner, ttl)
+
+    def slow_stage(*args: object) -> None:
+        time.sleep(LEASE + 0.5)  # past several beats, and past a whole horizon
+        stage(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(state, "try_lease", try_lease)
+    monkeypatch.setattr(state, "add_pending", slow_stage)
+    parts = Parts(runtime.queue, state, runtime.integrations, runtime.healthie, LEASE)
+    with pytest.raises(FlushInProgress):
+        flush_parts(parts, Cadence.DAILY)
+    assert calls.count("flush:daily") >= 3  # the heartbeat tried, every third of the horizon
+    assert runtime.queue.pull(WORK_SUBSCRIPTION) == []  # nothing published
+
+
+def test_a_flush_running_past_its_lease_horizon_keeps_the_cadence(runtime, monkeypatch):
+    """A flush staging for several horizons is never overtaken: its heartbeat renews the
+    lease, so another flush of the cadence is refused the whole time, and it finishes. Would
+    fail if the lease were only renewed between chunks, or not at all."""
+    mark(runtime, "1")
+    state = runtime.state
+    stage = state.add_pending
+    staging = threading.Event()
+    refused: list[bool] = []
+
+    def slow_stage(*args: object) -> None:
+        staging.set()
+        time.sleep(2.5 * LEASE)
+        stage(*args)  # type: ignore[arg-type]
+
+    def other_flush() -> None:
+        staging.wait(10)
+        while staging.is_set():
+            refused.append(not state.try_lease("flush:daily", "another-flush", 60))
+            time.sleep(LEASE / 4)
+
+    monkeypatch.setattr(state, "add_pending", slow_stage)
+    rival = threading.Thread(target=other_flush)
+    rival.start()
+    try:
+        parts = Parts(runtime.queue, state, runtime.integrations, runtime.healthie, LEASE)
+        result = flush_parts(parts, Cadence.DAILY)
+    finally:
+        staging.clear()
+        rival.join(10)
+    assert result.work_items == 1
+    assert len(refused) >= 8
+    assert all(refused)
