@@ -65,6 +65,7 @@ BENCHES: tuple[Bench, ...] = (
     Bench("backfill", "bench.backfill", quick=("--sizes", "2000", "10000")),
     Bench("flush_scale", "bench.flush_scale"),
     Bench("sandbox_entries", "bench.sandbox_entries"),
+    Bench("plan_cpu", "bench.plan_cpu", quick=("--quick",)),
     Bench("sql_writes", "bench.sql_writes"),
     Bench("file_writes", "bench.file_writes"),
     Bench("target_requests", "bench.target_requests"),

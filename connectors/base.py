@@ -434,7 +434,8 @@ class TargetSchema:
                 f"known: {sorted(self.operations)}"
             )
         try:
-            parsed = spec.args_model.model_validate(dict(args))
+            # a plan's arguments are a dict already (pydantic copies what it keeps)
+            parsed = spec.args_model.model_validate(args if type(args) is dict else dict(args))
         except ValidationError as exc:
             raise PlanValidationError(
                 f"invalid arguments for {self.name}.{operation}: {_fields(exc)}"

@@ -149,6 +149,32 @@ def _as_text(value: Scalar) -> str:
     return str(value)
 
 
+# Declared columns that are writable (identifiers, not scope columns) with their types, per
+# declaration: the names are checked once per table, not once per value. Keyed by the
+# declaration's id, holding it (so the id is not reused while the entry lives) and a copy that
+# must still equal it (a declaration changed in place is checked again).
+_Cached = tuple[dict[str, ColumnType], dict[str, ColumnType], dict[str, ColumnType]]
+_WRITABLE: dict[int, _Cached] = {}
+_NO_COLUMNS: dict[str, ColumnType] = {}
+
+
+def _writable(columns: dict[str, ColumnType] | None) -> dict[str, ColumnType]:
+    """The writable subset of a table's declared columns (empty when undeclared: every
+    column then goes through the name checks)."""
+    if columns is None:
+        return _NO_COLUMNS
+    found = _WRITABLE.get(id(columns))
+    if found is not None and found[0] is columns and found[1] == columns:
+        return found[2]
+    writable = {
+        c: kind for c, kind in columns.items() if is_identifier(c) and c not in SCOPE_COLUMNS
+    }
+    if len(_WRITABLE) >= 1024:  # declarations are few and long-lived; never grow unbounded
+        _WRITABLE.clear()
+    _WRITABLE[id(columns)] = (columns, dict(columns), writable)
+    return writable
+
+
 class TableConnector(Connector):
     """A target whose records are rows of declared tables (see the module docstring)."""
 
@@ -173,7 +199,9 @@ class TableConnector(Connector):
 
     @classmethod
     def check_args(cls, options: BaseModel, operation: str, args: BaseModel) -> BaseModel:
-        """Declared table and columns, typed values within the size cap."""
+        """Declared table and columns, typed values within the size cap. Returns ``args``
+        itself when every value already has its column's form (the common case), else a copy
+        with the values converted (text columns take any scalar, as text)."""
         assert isinstance(options, TableOptions)
         assert isinstance(args, UpsertRow | DeleteRow)
         table = args.table
@@ -185,18 +213,37 @@ class TableConnector(Connector):
             )
         if not isinstance(args, UpsertRow):
             return args
-        checked: dict[str, Scalar] = {}
+        writable = _writable(columns)
+        max_bytes = options.max_value_bytes
+        checked: dict[str, Scalar] | None = None
         for column, value in args.values.items():
-            where = f"{table}.{column}"
-            if not is_identifier(column) or column in SCOPE_COLUMNS:
-                raise PlanValidationError(
-                    f"{table}.{safe_name(column)}: not a writable column name"
-                )
-            kind: ColumnType = "text" if columns is None else columns.get(column, "text")
-            if columns is not None and column not in columns:
-                raise PlanValidationError(f"{where}: column not declared for this target")
-            checked[column] = check_value(where, kind, value, options.max_value_bytes)
-        return args.model_copy(update={"values": checked})
+            kind = writable.get(column)
+            if kind is None:
+                # not a declared, writable column: say which check it fails, by its name
+                # only when it reads as one (a value put where a name goes is not repeated)
+                if not is_identifier(column) or column in SCOPE_COLUMNS:
+                    raise PlanValidationError(
+                        f"{table}.{safe_name(column)}: not a writable column name"
+                    )
+                if columns is not None:
+                    raise PlanValidationError(
+                        f"{table}.{column}: column not declared for this target"
+                    )
+                kind = "text"
+            if kind == "text" and type(value) is str and value.isascii():
+                # the common case, without an encode: ASCII is valid and one byte a character
+                if len(value) > max_bytes:
+                    raise PlanValidationError(
+                        f"{table}.{column}: value longer than {max_bytes} bytes"
+                    )
+                ok: Scalar = value
+            else:
+                ok = check_value(f"{table}.{column}", kind, value, max_bytes)
+            if ok is not value and checked is None:
+                checked = dict(args.values)
+            if checked is not None:
+                checked[column] = ok
+        return args if checked is None else args.model_copy(update={"values": checked})
 
     @property
     def table_options(self) -> TableOptions:

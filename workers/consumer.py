@@ -7,12 +7,14 @@ dead-letter or wait happen here and nowhere else.
                       (patient leases: busy          workers.pipeline.run     │
                        items come back later)        (fetch → prepare →       ▼
                                                       decide → write →    middleware.after_item
-                                                      record)             (audit, tallies), then
-                                                                          the queue action
+                                                      record)             (audit, tallies); per
+                                                                          wave: before_settle (run
+                                                                          outcomes stored), then
+                                                                          the queue actions
                       lease keeper: right after the pull, cut the messages' leases to the
                       heartbeat horizon; then, every third of it while the batch runs, renew
                       the unsettled messages' deadlines and the patient leases
-                      middleware.after_batch (release leases, add the run counts)
+                      middleware.after_batch (release leases, store any outcomes left)
 
 =================  ===========================================================
 outcome             what happens to the work item
@@ -84,6 +86,7 @@ from app.core.errors import (
     ConfigurationError,
     FatalError,
     HealthieSyncError,
+    PlanValidationError,
     SkippableError,
 )
 from app.core.models import Counts, WorkItem
@@ -123,6 +126,9 @@ class Settlement:
 
 #: Seconds before an item whose patient another worker holds is offered again.
 BUSY_RETRY_SECONDS = 5.0
+#: Outcomes of one lane settled together: their run outcomes stored in one state-store call,
+#: then their acks in one queue call.
+SETTLE_WAVE = 100
 #: At most this many integrations of one pulled batch run at once (one lane each).
 MAX_LANES = 8
 
@@ -296,16 +302,27 @@ class Consumer:
                 WORK_SUBSCRIPTION, [d.message.ack_id for d in again], BUSY_RETRY_SECONDS
             )
         counts = Counts()
-        for d in last:
-            action: Action = "wait" if self._stage_again(d.item) else "nack"
-            with self._settling:
+        actions: list[tuple[Delivery, Action]] = []
+        with self._settling:
+            for d in last:
+                action: Action = "wait" if self._stage_again(d.item) else "nack"
                 for mw in self.middleware:
                     mw.after_item(Outcome(d.item, "failed"), action, "patient_busy")
-            if action == "wait":
+                actions.append((d, action))
+            stored = True
+            try:
+                for mw in self.middleware:
+                    mw.before_settle()
+            except Exception as exc:  # noqa: BLE001 - then they come back instead of waiting
+                log.warning("run outcomes not stored (%s)", type(exc).__name__)
+                stored = False
+        for d, action in actions:
+            if action == "wait" and stored:
                 self.queue.ack(WORK_SUBSCRIPTION, [d.message.ack_id])
             else:
                 self.queue.nack(WORK_SUBSCRIPTION, [d.message.ack_id], BUSY_RETRY_SECONDS)
-            counts = counts.add(Counts(waiting=1) if action == "wait" else Counts(retried=1))
+            waited = action == "wait" and stored
+            counts = counts.add(Counts(waiting=1) if waited else Counts(retried=1))
         return counts
 
     def _run_lanes(self, deliveries: Sequence[Delivery], keeper: LeaseKeeper) -> Counts:
@@ -331,25 +348,79 @@ class Consumer:
         return _sum(results)
 
     def _lane(self, deliveries: Sequence[Delivery], keeper: LeaseKeeper) -> Counts:
+        """One integration's items through the pipeline, settled in waves: every item's
+        ``after_item`` as its outcome arrives, then, per wave, ``before_settle`` (the run
+        outcomes stored) and only then the wave's queue actions. A kill between the two costs
+        a redelivery that counts nothing twice; one before them loses no count."""
         total = Counts()
+        wave: list[tuple[Delivery, Outcome, Settlement]] = []
         items = [d.item for d in deliveries]
         for i, outcome in pipeline.run(items, self.clients_for, self.state):
             with self._settling:
-                total = total.add(self._settle(deliveries[i], outcome, keeper))
+                wave.append(self._account(deliveries[i], outcome))
+                if len(wave) >= SETTLE_WAVE:
+                    total = total.add(self._send(wave, keeper))
+                    wave = []
+        if wave:
+            with self._settling:
+                total = total.add(self._send(wave, keeper))
         return total
 
-    def _settle(self, delivery: Delivery, outcome: Outcome, keeper: LeaseKeeper) -> Counts:
+    def _account(
+        self, delivery: Delivery, outcome: Outcome
+    ) -> tuple[Delivery, Outcome, Settlement]:
+        """Decide the item's settlement and tell the middleware (audit, tallies); nothing
+        reaches the queue yet. Call with ``_settling`` held."""
         settlement = self._decide(delivery.message, outcome)
-        message, item = delivery.message, delivery.item
-        if settlement.action == "wait" and not self._stage_again(item):
+        if settlement.action == "wait" and not self._stage_again(delivery.item):
             settlement = Settlement("nack", settlement.kind, settlement.reason)
         for mw in self.middleware:
             mw.after_item(outcome, settlement.action, settlement.kind)
+        return delivery, outcome, settlement
+
+    def _send(
+        self, wave: Sequence[tuple[Delivery, Outcome, Settlement]], keeper: LeaseKeeper
+    ) -> Counts:
+        """Store what must outlive the queue actions (``before_settle``), then send them: one
+        ack call for the wave's acks, a nack or dead letter per item. When the store refuses,
+        nothing is acked: the wave comes back (its outcomes are kept for the next attempt and
+        count once). Call with ``_settling`` held."""
+        try:
+            for mw in self.middleware:
+                mw.before_settle()
+        except Exception as exc:  # noqa: BLE001 - the items come back; nothing is lost
+            log.warning(
+                "run outcomes not stored (%s); %d work items handed back",
+                type(exc).__name__,
+                len(wave),
+            )
+            with keeper.lock:
+                for delivery, _, _ in wave:
+                    keeper.settled(delivery.message.ack_id)
+            for delivery, _, _ in wave:
+                delay = redelivery_delay(delivery.message.delivery_attempt, None)
+                self.queue.nack(WORK_SUBSCRIPTION, [delivery.message.ack_id], delay)
+            return Counts(retried=len(wave))
         faults.point("consumer.settling")
         with keeper.lock:
-            keeper.settled(message.ack_id)
+            for delivery, _, _ in wave:
+                keeper.settled(delivery.message.ack_id)
+        acks: list[str] = []
+        total = Counts()
+        for delivery, outcome, settlement in wave:
+            self._queue_action(delivery, outcome, settlement, acks)
+            total = total.add(counts_of(outcome, settlement.action))
+        if acks:
+            self.queue.ack(WORK_SUBSCRIPTION, acks)
+        faults.point("consumer.settled")
+        return total
+
+    def _queue_action(
+        self, delivery: Delivery, outcome: Outcome, settlement: Settlement, acks: list[str]
+    ) -> None:
+        message, item = delivery.message, delivery.item
         if settlement.action in ("ack", "wait"):
-            self.queue.ack(WORK_SUBSCRIPTION, [message.ack_id])
+            acks.append(message.ack_id)
             if settlement.action == "wait":
                 log.warning(
                     "work item waits for its integration (integration=%s patient=%s kind=%s)",
@@ -359,8 +430,9 @@ class Consumer:
                 )
         elif settlement.action == "dead_letter":
             data = None
-            if outcome.plan is not None:
-                # Keep the computed plan so a replay need not ask the agent again.
+            if outcome.plan is not None and not isinstance(outcome.error, PlanValidationError):
+                # Keep the computed plan so a replay need not ask the agent again (a plan the
+                # validator refused is of no use to a replay, and is not kept).
                 data = (
                     item.model_copy(
                         update={"plan": outcome.plan, "plan_entry_hash": outcome.entry_hash}
@@ -371,7 +443,7 @@ class Consumer:
             self._dead_letter(
                 message, settlement.kind or "error", settlement.reason or "", data, item
             )
-            self.queue.ack(WORK_SUBSCRIPTION, [message.ack_id])
+            acks.append(message.ack_id)
             log.error(
                 "work item dead-lettered (integration=%s patient=%s kind=%s)",
                 item.integration_id,
@@ -381,7 +453,6 @@ class Consumer:
         else:
             delay = redelivery_delay(message.delivery_attempt, settlement.retry_after)
             self.queue.nack(WORK_SUBSCRIPTION, [message.ack_id], delay)
-        return counts_of(outcome, settlement.action)
 
     def _stage_again(self, item: WorkItem) -> bool:
         """Put the item's patient back in its integration's pending set (the next flush of the

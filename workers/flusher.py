@@ -39,11 +39,9 @@ back at once (nack, no delay).
 from __future__ import annotations
 
 import logging
-import threading
-import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -64,6 +62,7 @@ from app.queue.topology import WORK_TOPIC, dirty_subscription
 from app.service.runtime import Runtime
 from app.state.base import PendingPatient, StateStore
 from workers.backfill import backfill, rules_marker, was_backfilled
+from workers.flush_lease import FlushLease
 from workers.pipeline import MERGED_REASON
 from workers.rules import decision_rules
 
@@ -116,113 +115,27 @@ class Parts:
         )
 
 
-class FlushLease:
-    """A cadence's flush lease with a heartbeat: taken ``seconds`` ahead, renewed every third
-    of that by a thread until ``release``, together with the dirty marks the flush is staging
-    (``hold``). ``check`` raises FlushInProgress once the lease was taken over or could not be
-    confirmed for a whole horizon (the state store unreachable: it may have lapsed)."""
-
-    def __init__(
-        self, state: StateStore, queue: Queue, cadence: Cadence, owner: str, seconds: float
-    ) -> None:
-        self._state = state
-        self._queue = queue
-        self._name = f"flush:{cadence.value}"
-        self._cadence = cadence
-        self._owner = owner
-        self._seconds = seconds
-        self._confirmed = 0.0  # time.monotonic() of the last renewal the store confirmed
-        self._lost = False
-        self._marks: tuple[str, list[str]] | None = None
-        # held while renewing marks and while the flush acks or nacks them, so a renewal never
-        # lands after a nack (its "now" must stand)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def acquire(self) -> None:
-        """Take the lease and start the heartbeat; FlushInProgress when another flush holds it."""
-        if not self._state.try_lease(self._name, self._owner, self._seconds):
-            raise FlushInProgress(f"a {self._cadence.value} flush is already running")
-        self._confirmed = time.monotonic()
-        self._thread = threading.Thread(
-            target=self._run, name=f"flush-lease-{self._cadence.value}", daemon=True
-        )
-        self._thread.start()
-
-    def check(self) -> None:
-        """Raise FlushInProgress if this flush may no longer hold its lease."""
-        if self._lost:
-            raise FlushInProgress(f"flush {self._owner} lost its lease to another flush")
-        if time.monotonic() - self._confirmed >= self._seconds:
-            raise FlushInProgress(f"flush {self._owner} could not renew its lease in time")
-
-    def hold(self, subscription: str, ack_ids: Sequence[str]) -> None:
-        """Lease these pulled marks one horizon ahead now, and with every beat until
-        ``settle``."""
-        with self._lock:
-            self._marks = (subscription, list(ack_ids))
-            self._renew_marks()
-
-    def settle(self, *, give_back: bool = False) -> None:
-        """The held marks are done: acknowledge them, or give them back for redelivery at once
-        (``give_back``). Either way the heartbeat stops renewing them."""
-        with self._lock:
-            if self._marks is None:
-                return
-            subscription, ack_ids = self._marks
-            self._marks = None
-            if give_back:
-                self._queue.nack(subscription, ack_ids, 0)
-            else:
-                self._queue.ack(subscription, ack_ids)
-
-    def release(self) -> None:
-        """Stop the heartbeat and free the lease (if still ours)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self._state.release_lease(self._name, self._owner)
-
-    def _renew_marks(self) -> None:
-        if self._marks is None:
-            return
-        subscription, ack_ids = self._marks
-        try:
-            self._queue.extend(subscription, ack_ids, self._seconds)
-        except Exception as exc:  # noqa: BLE001 - they come back later; staging is idempotent
-            log.warning("could not renew %d mark leases (%s)", len(ack_ids), type(exc).__name__)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._seconds / 3):
-            # the marks first: the lease then outlasts them, so the flush that takes a dead
-            # one's lease over finds its marks visible again
-            with self._lock:
-                self._renew_marks()
-            try:
-                if self._state.try_lease(self._name, self._owner, self._seconds):
-                    self._confirmed = time.monotonic()
-                else:
-                    self._lost = True
-                    log.warning("flush %s lost its lease to another flush", self._owner)
-            except Exception as exc:  # noqa: BLE001 - check() stops the flush if this lasts
-                log.warning(
-                    "flush %s could not renew its lease (%s)", self._owner, type(exc).__name__
-                )
-
-
 def flush(
     runtime: Runtime,
     cadence: Cadence,
     *,
     chunk_size: int = 1000,
     stage_only: bool = False,
+    on_lease: Callable[[], None] | None = None,
 ) -> FlushResult:
     """Stage ``cadence``'s dirty marks, then (unless ``stage_only``) publish work for every
     integration on ``cadence``. Raises FlushInProgress when one is already running. Every
     hourly flush also runs the HubSpot -> Healthie direction of two-way integrations
-    (``workers.reverse``): their changes never wait longer than an hour."""
-    result = flush_parts(Parts.of(runtime), cadence, chunk_size=chunk_size, stage_only=stage_only)
+    (``workers.reverse``): their changes never wait longer than an hour. ``on_lease`` is
+    called once the cadence's lease is taken (the state store answered: ``POST /flush``
+    waits for the rest without a deadline)."""
+    result = flush_parts(
+        Parts.of(runtime),
+        cadence,
+        chunk_size=chunk_size,
+        stage_only=stage_only,
+        on_lease=on_lease,
+    )
     if (
         cadence is Cadence.HOURLY
         and not stage_only
@@ -238,12 +151,19 @@ def flush(
 
 
 def flush_parts(
-    parts: Parts, cadence: Cadence, *, chunk_size: int = 1000, stage_only: bool = False
+    parts: Parts,
+    cadence: Cadence,
+    *,
+    chunk_size: int = 1000,
+    stage_only: bool = False,
+    on_lease: Callable[[], None] | None = None,
 ) -> FlushResult:
     """:func:`flush` on explicit parts."""
     flush_id = f"{cadence.value}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     lease = FlushLease(parts.state, parts.queue, cadence, flush_id, parts.lease_seconds)
     lease.acquire()
+    if on_lease is not None:
+        on_lease()
     result = FlushResult(flush_id=flush_id, cadence=cadence)
     started = datetime.now(UTC)
     try:

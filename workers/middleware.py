@@ -3,14 +3,17 @@ work item goes through that are not the pipeline's data work.
 
 * :class:`PatientLeases` — before a batch, lease each item's patient so no two workers (and no
   two items of one batch) process the same patient at once; busy items go back to the queue.
-  After the batch, release the leases.
+  After the batch, release the leases. One state call (one commit) per batch for each.
 * :class:`AuditTrail` — after each item is settled (and before the queue hears of it), append
   the audit record of an item that has none yet: why it was skipped or why it waits (kinds,
   error texts built from ids). Items written, skipped by their plan, or gone from Healthie
   were audited by the pipeline in the same atomic step as their state (``Outcome.audited``).
-* :class:`RunTally` — count outcomes per run; after the batch add them to each run's record
-  (workers in many processes report into one run; the update that accounts for the run's
-  last patient marks it finished, in the state store).
+* :class:`RunTally` — collect each item's outcome per run and patient; ``before_settle``
+  (before the queue hears of the items) adds them to each run's record with
+  ``StateStore.add_run_outcomes``, which counts a patient once per run: the counts of items
+  acked before a crash are stored, and an item redelivered after it adds nothing again.
+  Workers in many processes report into one run; the update that accounts for the run's last
+  patient marks it finished, in the state store.
 
 While a batch runs longer than its leases (a Message Batch may take hours), the consumer's
 lease keeper calls ``keep_alive`` every third of the lease: :class:`PatientLeases` renews the
@@ -22,6 +25,7 @@ A hook sees work items, outcomes and settlement kinds, never an entry's values.
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Sequence
 
@@ -66,6 +70,11 @@ class Middleware:
         (``action``: ack, nack, dead_letter or wait; ``kind``: the error kind, if it failed).
         Calls are serialized (the consumer's lanes settle one item at a time)."""
 
+    def before_settle(self) -> None:
+        """Called after ``after_item`` of one or more items and before the queue hears of any
+        of them (ack, nack, dead letter, wait): store what must outlive a crash right after
+        the queue action. Never concurrently with ``after_item``."""
+
     def keep_alive(self) -> None:
         """Called every third of the lease while a batch is still running (from the lease
         keeper's thread): renew what would expire."""
@@ -83,13 +92,15 @@ class PatientLeases(Middleware):
         self._held: list[tuple[str, str]] = []
 
     def before_batch(self, items: Sequence[WorkItem]) -> Sequence[WorkItem]:
-        """Lease each item's patient; items whose patient is busy are left out."""
+        """Lease the items' patients in one call; items whose patient is busy are left out,
+        and so is every later item of a patient already in the batch (it comes back)."""
         owner = uuid.uuid4().hex
+        names = [f"patient:{item.integration_id}:{item.patient_id}" for item in items]
+        taken = self._state.try_lease_many(names, owner, self._ttl)
         kept: list[WorkItem] = []
         seen: set[str] = set()
-        for item in items:
-            name = f"patient:{item.integration_id}:{item.patient_id}"
-            if name in seen or not self._state.try_lease(name, owner, self._ttl):
+        for item, name in zip(items, names, strict=True):
+            if name in seen or name not in taken:
                 continue
             seen.add(name)
             self._held.append((name, owner))
@@ -97,16 +108,22 @@ class PatientLeases(Middleware):
         return kept
 
     def keep_alive(self) -> None:
-        """Renew the patient leases held (a long batch must not let another worker in)."""
+        """Renew the patient leases held (a long batch must not let another worker in), one
+        call per owner (one per batch)."""
+        by_owner: dict[str, list[str]] = {}
         for name, owner in list(self._held):
-            if not self._state.try_lease(name, owner, self._ttl):
-                log.warning("patient lease %s was taken over while its batch ran", name)
+            by_owner.setdefault(owner, []).append(name)
+        for owner, names in by_owner.items():
+            renewed = self._state.try_lease_many(names, owner, self._ttl)
+            for name in names:
+                if name not in renewed:
+                    log.warning("patient lease %s was taken over while its batch ran", name)
 
     def after_batch(self) -> None:
-        """Release every lease this batch took."""
+        """Release every lease this batch took, in one call."""
         held, self._held = self._held, []
-        for name, owner in held:
-            self._state.release_lease(name, owner)
+        if held:
+            self._state.release_lease_many(held)
 
 
 class AuditTrail(Middleware):
@@ -131,22 +148,72 @@ class AuditTrail(Middleware):
         self._state.append_audit(audit_record(item, outcome, (), detail))
 
 
+class _RunShare:
+    """What this worker has to add to one run: each patient's outcome, and the counts that
+    are not outcomes (retries)."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, Counts] = {}
+        self.extra = Counts()
+
+    def merge(self, later: _RunShare) -> None:
+        """Take in ``later``'s share (a patient's first outcome stays)."""
+        for patient_id, counts in later.outcomes.items():
+            self.outcomes.setdefault(patient_id, counts)
+        self.extra = self.extra.add(later.extra)
+
+
 class RunTally(Middleware):
-    """Counts per run, added to the run records once per batch."""
+    """Outcomes per run and patient, stored before the queue settles their items.
+
+    ``flush`` (also ``before_settle`` and ``after_batch``) writes what was collected with
+    ``StateStore.add_run_outcomes``: a patient's outcome counts once per run whatever the
+    number of deliveries, so storing the counts before the ack loses none to a crash after
+    it, and a redelivery after a crash before it adds nothing twice. A nacked item's
+    ``retried`` is no outcome (the item comes back): it is added as it is."""
 
     def __init__(self, state: StateStore) -> None:
         self._state = state
-        self._per_run: dict[tuple[str, str], Counts] = {}
+        self._lock = threading.Lock()
+        self._per_run: dict[tuple[str, str], _RunShare] = {}
 
     def after_item(self, outcome: Outcome, action: str, kind: str | None) -> None:
-        """Count the item's outcome for its run."""
+        """Collect the item's outcome (or its retry) for its run."""
         delta = counts_of(outcome, action)
         item = outcome.item
         key = (item.integration_id, f"{item.flush_id}-{item.integration_id}")
-        self._per_run[key] = self._per_run.get(key, Counts()).add(delta)
+        with self._lock:
+            share = self._per_run.setdefault(key, _RunShare())
+            if delta.outcomes():
+                # a patient settled twice before a flush keeps its first outcome, as the
+                # store would
+                share.outcomes.setdefault(item.patient_id, delta)
+            else:
+                share.extra = share.extra.add(delta)
+
+    def flush(self) -> None:
+        """Add what was collected to each run's record and forget it. When the store fails,
+        the runs not yet written are kept for the next flush (adding them again is harmless)
+        and the error is raised."""
+        with self._lock:
+            tallied, self._per_run = self._per_run, {}
+        pending = list(tallied.items())
+        try:
+            while pending:
+                (integration_id, run_id), share = pending[0]
+                self._state.add_run_outcomes(integration_id, run_id, share.outcomes, share.extra)
+                pending.pop(0)
+        except BaseException:
+            with self._lock:
+                for key, share in pending:
+                    share.merge(self._per_run.pop(key, _RunShare()))
+                    self._per_run[key] = share
+            raise
+
+    def before_settle(self) -> None:
+        """Store the collected outcomes before the queue acks their items."""
+        self.flush()
 
     def after_batch(self) -> None:
-        """Add each run's counts to its record."""
-        tallied, self._per_run = self._per_run, {}
-        for (integration_id, run_id), counts in tallied.items():
-            self._state.add_run_counts(integration_id, run_id, counts)
+        """Store whatever is still collected (nothing when ``before_settle`` ran)."""
+        self.flush()

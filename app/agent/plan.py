@@ -36,7 +36,10 @@ expression, an unknown transform or lookup table, or a spec of no known kind is 
 ConfigurationError at load, and an entry only runs closures. An expression or transform that
 fails on an entry is a FatalError naming its place in the plan (``operations[0]
 (warehouse.upsert_row) args.values.fields.phone``), the expression and the JMESPath types
-involved, never the value: the text ends up in dead letters and logs.
+involved, never the value: the text ends up in dead letters and logs. Each plan is compiled
+twice for that: an entry first runs the bare closures (no per-expression error handling, the
+hot path), and only when that run fails is it evaluated again with every expression and
+transform guarded; evaluation is deterministic, so the second run fails at the same place.
 """
 
 from __future__ import annotations
@@ -145,7 +148,7 @@ def _compile_expr(expr: str, where: str) -> _Expr:
         raise ConfigurationError(f"invalid JMESPath {expr!r} at {where} in plan: {exc}") from exc
 
 
-def _transformed(expr: _Expr, transforms: list[Transform], where: str) -> _Value:
+def _transformed(expr: Evaluator, transforms: list[Transform], where: str) -> _Value:
     def value(context: dict[str, Any], functions: Functions) -> Any:
         result = expr(context, functions)
         for transform in transforms:
@@ -160,10 +163,30 @@ def _transformed(expr: _Expr, transforms: list[Transform], where: str) -> _Value
     return value
 
 
+def _applied(expr: Evaluator, transforms: list[Transform]) -> _Value:
+    """``expr`` then ``transforms``, unguarded (the fast evaluation, see ``PlanAgent``)."""
+    if len(transforms) == 1:
+        apply = transforms[0].apply
+        return lambda context, functions: apply(expr(context, functions))
+    applies = [t.apply for t in transforms]
+
+    def value(context: dict[str, Any], functions: Functions) -> Any:
+        result = expr(context, functions)
+        for apply in applies:
+            result = apply(result)
+        return result
+
+    return value
+
+
 def _concat(parts: list[_Value], sep: str) -> _Value:
     def value(context: dict[str, Any], functions: Functions) -> Any:
-        values = (p(context, functions) for p in parts)
-        return sep.join(str(v) for v in values if v not in (None, "")) or None
+        texts = []
+        for part in parts:
+            v = part(context, functions)
+            if v is not None and v != "":
+                texts.append(str(v))
+        return sep.join(texts) or None
 
     return value
 
@@ -179,9 +202,13 @@ def _constant(literal: Any) -> _Value:
     return lambda context, functions: literal
 
 
-def _compile_value(spec: Any, where: str, tables: dict[str, dict[str, Any]]) -> _Value:
+def _compile_value(
+    spec: Any, where: str, tables: dict[str, dict[str, Any]], *, guarded: bool = True
+) -> _Value:
     """A value spec (see the module docstring) as a closure; ConfigurationError, at load, for
-    an unknown kind, expression or transform."""
+    an unknown kind, expression or transform. ``guarded``: each expression and transform turns
+    its failure into a FatalError naming its place; unguarded, failures are raised as they
+    are (the fast evaluation, re-run guarded when it fails)."""
     if not isinstance(spec, dict):
         return _constant(spec)
     if "const" in spec:
@@ -189,16 +216,19 @@ def _compile_value(spec: Any, where: str, tables: dict[str, dict[str, Any]]) -> 
     if "expr" in spec:
         expr = _compile_expr(str(spec["expr"]), where)
         transforms = [resolve_transform(t, tables) for t in spec.get("transforms", [])]
+        if not guarded:
+            return _applied(expr.evaluate, transforms) if transforms else expr.evaluate
         return _transformed(expr, transforms, where) if transforms else expr
     if "concat" in spec:
         parts = [
-            _compile_value(p, f"{where}.concat[{i}]", tables) for i, p in enumerate(spec["concat"])
+            _compile_value(p, f"{where}.concat[{i}]", tables, guarded=guarded)
+            for i, p in enumerate(spec["concat"])
         ]
         return _concat(parts, str(spec.get("sep", "")))
     if "fields" in spec:
         return _object(
             {
-                name: _compile_value(sub, f"{where}.fields.{name}", tables)
+                name: _compile_value(sub, f"{where}.fields.{name}", tables, guarded=guarded)
                 for name, sub in spec["fields"].items()
             }
         )
@@ -207,11 +237,13 @@ def _compile_value(spec: Any, where: str, tables: dict[str, dict[str, Any]]) -> 
 
 @dataclass(frozen=True)
 class _Step:
-    """A plan step compiled: its conditions, its iteration and its argument builders."""
+    """A plan step compiled: its conditions, its iteration and its argument builders, each
+    both guarded (naming its place when it fails) and unguarded (``fast``)."""
 
     target: str
     operation: str
     args: dict[str, _Value]
+    fast_args: dict[str, _Value]
     when: _Expr | None
     for_each: _Expr | None
     for_each_removed: _Expr | None
@@ -224,10 +256,17 @@ def _compile_step(step: PlanStep, index: int, tables: dict[str, dict[str, Any]])
         text = getattr(step, name)
         return _compile_expr(text, f"{where} {name}") if text else None
 
+    def args(guarded: bool) -> dict[str, _Value]:
+        return {
+            k: _compile_value(v, f"{where} args.{k}", tables, guarded=guarded)
+            for k, v in step.args.items()
+        }
+
     return _Step(
         target=step.target,
         operation=step.operation,
-        args={k: _compile_value(v, f"{where} args.{k}", tables) for k, v in step.args.items()},
+        args=args(True),
+        fast_args=args(False),
         when=expr("when"),
         for_each=expr("for_each"),
         for_each_removed=expr("for_each_removed"),
@@ -263,6 +302,7 @@ class PlanAgent:
         self._steps = [_compile_step(step, i, tables) for i, step in enumerate(plan.operations)]
         self._skip_when = _compile_expr(plan.skip_when, "skip_when") if plan.skip_when else None
         zone(plan.timezone)  # an unknown zone fails at load, not at the first entry
+        self._last_clock: RunClock | None = None
         self._run_when: _Expr | None = None
         if plan.run_when:
             self._run_when = _compile_expr(plan.run_when, "run_when")
@@ -300,8 +340,15 @@ class PlanAgent:
         return out
 
     def clock(self, as_of: datetime | None = None) -> RunClock:
-        """The plan's clock at ``as_of`` (now when None), in the plan's time zone."""
-        return RunClock.at(as_of, self.plan.timezone)
+        """The plan's clock at ``as_of`` (now when None), in the plan's time zone. The
+        entries of one run share one instant: its clock (and the functions bound to it) is
+        made once, not once per entry."""
+        last = self._last_clock
+        if as_of is not None and last is not None and last.as_of == as_of:
+            return last  # the same instant: every answer of the clock is the same
+        clock = RunClock.at(as_of, self.plan.timezone)
+        self._last_clock = clock  # one assignment: threads sharing the agent see one or other
+        return clock
 
     def runs_at(self, as_of: datetime | None = None) -> bool:
         """Whether ``run_when`` holds at ``as_of``: whether a run then may write anything. A
@@ -324,13 +371,44 @@ class PlanAgent:
                 return moment
         return None
 
-    def _removed(self, expr: _Expr, base: dict[str, Any], functions: Functions) -> list[Any]:
+    def _removed(self, expr: Evaluator, base: dict[str, Any], functions: Functions) -> list[Any]:
         if base["previous"] is None:
             return []
         before = expr(base["previous"], functions) or []
         now = expr(base["entry"], functions) or []
         current = {str(i.get("id")) for i in now if isinstance(i, dict)}
         return [i for i in before if isinstance(i, dict) and str(i.get("id")) not in current]
+
+    def _operations(
+        self, base: dict[str, Any], functions: Functions, *, guarded: bool
+    ) -> list[WriteOperation] | None:
+        """The plan's operations for ``base``; None when ``skip_when`` holds. Unguarded, an
+        entry runs only the compiled closures (no per-expression error handling), and a
+        failure is raised as it is; guarded, it is the FatalError naming its place."""
+
+        def run(expr: _Expr) -> Evaluator:
+            return expr if guarded else expr.evaluate
+
+        if self._skip_when is not None and run(self._skip_when)(base, functions):
+            return None
+        operations: list[WriteOperation] = []
+        for step in self._steps:
+            builders = step.args if guarded else step.fast_args
+            items: list[Any] = [None]
+            if step.for_each is not None:
+                found = run(step.for_each)(base, functions)
+                items = list(found) if isinstance(found, list) else []
+            elif step.for_each_removed is not None:
+                items = self._removed(run(step.for_each_removed), base, functions)
+            for item in items:
+                context = {**base, "item": item}
+                if step.when is not None and not run(step.when)(context, functions):
+                    continue
+                args = {k: build(context, functions) for k, build in builders.items()}
+                operations.append(
+                    WriteOperation(target=step.target, operation=step.operation, args=args)
+                )
+        return operations
 
     def decide(
         self,
@@ -359,24 +437,15 @@ class PlanAgent:
             "previous": previous.entry if previous else None,
             "run": clock.context(),
         }
-        if self._skip_when is not None and self._skip_when(base, functions):
+        try:
+            operations = self._operations(base, functions, guarded=False)
+        except _EVALUATION_ERRORS:
+            # An expression or transform failed on this entry. Evaluation is deterministic
+            # (the same entries, the same clock), so the guarded run fails at the same place
+            # and raises the FatalError naming it, never the value.
+            operations = self._operations(base, functions, guarded=True)
+        if operations is None:
             return WritePlan.skip(entry.patient_id, self.plan.skip_reason, backend=self.name)
-        operations: list[WriteOperation] = []
-        for step in self._steps:
-            items: list[Any] = [None]
-            if step.for_each is not None:
-                found = step.for_each(base, functions)
-                items = list(found) if isinstance(found, list) else []
-            elif step.for_each_removed is not None:
-                items = self._removed(step.for_each_removed, base, functions)
-            for item in items:
-                context = {**base, "item": item}
-                if step.when is not None and not step.when(context, functions):
-                    continue
-                args = {k: build(context, functions) for k, build in step.args.items()}
-                operations.append(
-                    WriteOperation(target=step.target, operation=step.operation, args=args)
-                )
         if not operations:
             return WritePlan.skip(entry.patient_id, "no plan step applies", backend=self.name)
         return WritePlan(

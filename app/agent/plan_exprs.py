@@ -44,6 +44,11 @@ def _is_false(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
+    kind = type(value)
+    if kind is int or kind is float:
+        return True
+    if kind is str or kind is bool or value is None:
+        return False  # the common non-numbers, without the ABC check below
     return not isinstance(value, bool) and isinstance(value, Number)
 
 
@@ -87,6 +92,29 @@ def _chain(parts: list[Evaluator]) -> Evaluator:
 
 
 def _fields(names: list[str]) -> Evaluator:
+    # One and two names (``entry.email``, ``item.provider``) are most of a plan's expressions:
+    # without the loop. Null, a string or a list has no ``get``: the rest of the chain is null.
+    if len(names) == 1:
+        (only,) = names
+
+        def field(value: Any, fns: Functions) -> Any:
+            try:
+                return value.get(only)
+            except AttributeError:
+                return None
+
+        return field
+    if len(names) == 2:
+        first, second = names
+
+        def pair(value: Any, fns: Functions) -> Any:
+            try:
+                return value.get(first).get(second)
+            except AttributeError:
+                return None
+
+        return pair
+
     def fields(value: Any, fns: Functions) -> Any:
         for name in names:
             try:

@@ -33,7 +33,7 @@ import calendar
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -122,22 +122,11 @@ class RunClock:
         return self.local.date()
 
     def context(self) -> dict[str, Any]:
-        """The ``run`` object plan expressions read (see the module docstring)."""
-        local = self.local
-        days_in_month = calendar.monthrange(local.year, local.month)[1]
-        return {
-            "now": self.as_of.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "local_time": local.isoformat(timespec="seconds"),
-            "date": local.date().isoformat(),
-            "year": local.year,
-            "month": local.month,
-            "day_of_month": local.day,
-            "days_in_month": days_in_month,
-            "days_left_in_month": days_in_month - local.day,
-            "weekday": calendar.day_name[local.weekday()],
-            "iso_weekday": local.isoweekday(),
-            "timezone": str(self.tz),
-        }
+        """The ``run`` object plan expressions read (see the module docstring); a fresh dict
+        each call."""
+        # Every name in it has a resolution of one second, so the clocks of all the entries
+        # fetched within one second share its computation (strftime, isoformat, monthrange).
+        return dict(_context(self.as_of.replace(microsecond=0), self.tz))
 
     def _read(self, value: Any) -> tuple[date, datetime | None] | None:
         """A value's date in the plan's zone and its instant (None for a bare date)."""
@@ -190,6 +179,27 @@ class RunClock:
     @cached_property
     def _options(self) -> jmespath.Options:
         return jmespath.Options(custom_functions=self.functions)
+
+
+@lru_cache(maxsize=256)
+def _context(second: datetime, tz: tzinfo) -> dict[str, Any]:
+    """:meth:`RunClock.context` at ``second`` (an instant without microseconds) in ``tz``;
+    callers copy it, so the cached dict is never handed out."""
+    local = second.astimezone(tz)
+    days_in_month = calendar.monthrange(local.year, local.month)[1]
+    return {
+        "now": second.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "local_time": local.isoformat(timespec="seconds"),
+        "date": local.date().isoformat(),
+        "year": local.year,
+        "month": local.month,
+        "day_of_month": local.day,
+        "days_in_month": days_in_month,
+        "days_left_in_month": days_in_month - local.day,
+        "weekday": calendar.day_name[local.weekday()],
+        "iso_weekday": local.isoweekday(),
+        "timezone": str(tz),
+    }
 
 
 class PlanFunctions(functions.Functions):

@@ -11,13 +11,15 @@ from typing import Any
 
 from app.core.errors import ConfigurationError
 
+_NON_DIGITS = re.compile(r"\D")
+
 
 def _phone_e164(value: Any, default_country: str = "1") -> Any:
     """US/NANP-style numbers to E.164; anything unparseable becomes None (never guessed)."""
     if value is None:
         return None
     text = str(value).strip()
-    digits = re.sub(r"\D", "", text)
+    digits = _NON_DIGITS.sub("", text)
     if text.startswith("+") and 8 <= len(digits) <= 15:
         return "+" + digits
     if text.startswith("00") and 10 <= len(digits) <= 17:

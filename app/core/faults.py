@@ -12,7 +12,10 @@ comparison. The points, in the order a work item and a flush pass them:
 ``pipeline.written``    the targets hold the writes, no state recorded
 ``pipeline.recorded``   the batch's states and audit records recorded, none of its items
                         acknowledged (once per integration batch)
-``consumer.settling``   an item's settlement is decided, its queue action not yet sent
+``consumer.settling``   a wave's settlements decided and its run outcomes stored, none of its
+                        queue actions sent
+``consumer.settled``    a wave's acks, nacks and dead letters sent, its batch not yet ended
+                        (leases held)
 ``flush.staged``        a chunk of marks is staged, its messages not yet acknowledged
 ``flush.published``     a page of work items is published, its versions not yet unstaged
 =====================  ==================================================================

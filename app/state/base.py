@@ -127,6 +127,25 @@ class StateStore(Protocol):
         one run); nothing happens when the run does not exist."""
         ...
 
+    def add_run_outcomes(
+        self,
+        integration_id: str,
+        run_id: str,
+        outcomes: Mapping[str, Counts],
+        extra: Counts | None = None,
+    ) -> None:
+        """Add each patient's outcome counts (``outcomes``: patient id → its counts) to the
+        run, once per patient and run: a patient whose outcome the run already holds adds
+        nothing (the first outcome wins, so a redelivery of the same patient is not counted
+        twice); ``extra`` (counts that are not outcomes, e.g. ``retried``), when given, is always
+        added.
+        Atomic with the run's update, across processes; the update that gives a published
+        run's last patient its outcome marks it finished (``RunRecord.settle``); a finished
+        run's counts no longer change; nothing happens when the run does not exist. A call
+        larger than one commit may be stored in parts, each part atomic (so a retried call
+        still adds every patient once)."""
+        ...
+
     def get_watermark(self, integration_id: str, name: str) -> datetime | None:
         """A named high-water mark (e.g. the missed-change sweep's last instant)."""
         ...
@@ -190,6 +209,17 @@ class StateStore(Protocol):
 
     def release_lease(self, name: str, owner: str) -> None:
         """Release the lease if ``owner`` holds it."""
+        ...
+
+    def try_lease_many(self, names: Sequence[str], owner: str, ttl_seconds: float) -> set[str]:
+        """``try_lease`` for each of ``names`` (a name given twice counts once): the names
+        taken or renewed for ``owner``; names another owner holds unexpired are left out.
+        One atomic step per commit (SQLite: the whole call; Firestore: 500 names at a time)."""
+        ...
+
+    def release_lease_many(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """``release_lease`` for each ``(name, owner)`` pair, in as few commits as the
+        backend allows."""
         ...
 
     def put_dead_letter(self, dead: DeadLetter) -> None:

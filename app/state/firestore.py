@@ -6,6 +6,8 @@ Layout (``{prefix}`` lets several deployments, or test runs, share one project):
         patients/{patient_id}         PatientState: ids, content_hash, outcome, updated_at,
                                       entry and plan as canonical JSON text
         {prefix}-runs/{run_id}        RunRecord fields; started_at / finished_at as timestamps
+            outcomes/{patient_id}     {patient_id, expires_at}: the patient's outcome is in
+                                      the run's counts (``add_run_outcomes``)
         watermarks/{name}             {"value": timestamp}
         audit/{random id | key}       AuditRecord fields, ``at`` as a timestamp, plus ``seq``;
                                       named by the record's key when recorded with its state
@@ -82,6 +84,15 @@ and commit calls take no retry or timeout, so they run the library's own 60 s re
 * ``remove_pending`` deletes a document only under ``last_update_time`` of a read that showed
   the listed ``version``: a staging committed after that read fails the batch, and the re-read
   keeps the patient.
+* ``add_run_outcomes`` reads the run and the outcome documents of up to 499 patients, then
+  commits one batch: ``create`` for each patient without one (a concurrent writer's outcome
+  fails the batch, and the re-read skips that patient) and the run's update under
+  ``last_update_time``; so the counts and the outcomes that justify them commit together, and
+  a larger call commits 499 patients at a time, each part once. Outcome documents carry
+  ``expires_at`` (30 days on): a TTL policy on ``outcomes.expires_at`` may sweep them once
+  their runs are long finished (a finished run's counts never change).
+* ``try_lease_many`` and ``release_lease_many`` run the same cycle as their single versions
+  over up to 500 leases at once: one ``get_all``, one batch of conditional writes.
 * Leases expire by the caller's wall clock (as in SQLite): hosts need NTP-synchronised clocks,
   and a lease should outlive the clock skew by far. Expired leases stay until taken over or
   released; a TTL policy on ``{prefix}-leases.expires_at`` may sweep them.
@@ -133,6 +144,8 @@ from app.state.base import AuditRecord, DeadLetter, PatientRecord, PatientState,
 MAX_DOCUMENT_BYTES = 1_048_576
 _MAX_ID_BYTES = 1500
 _MAX_BATCH_WRITES = 500
+#: how long a run's outcome document is kept at least (see ``add_run_outcomes``)
+_OUTCOME_TTL = timedelta(days=30)
 _PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 _PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
@@ -310,6 +323,72 @@ class FirestoreStateStore:
 
         self._until_unchanged("add run counts", attempt)
 
+    def add_run_outcomes(
+        self,
+        integration_id: str,
+        run_id: str,
+        outcomes: Mapping[str, Counts],
+        extra: Counts | None = None,
+    ) -> None:
+        """Read-check-write cycles of at most 499 patients (plus the run: 500 writes), each
+        one atomic batch (see the module docstring); ``extra`` goes with the first."""
+        if not outcomes and (extra is None or extra == Counts()):
+            return
+        run_ref = self._doc(integration_id, self._runs, run_id)
+        ids = list(outcomes)
+        step = _MAX_BATCH_WRITES - 1
+        chunks = [ids[start : start + step] for start in range(0, len(ids), step)] or [[]]
+        for n, chunk in enumerate(chunks):
+            self._until_unchanged(
+                "add run outcomes",
+                partial(
+                    self._add_outcomes,
+                    run_ref,
+                    {pid: outcomes[pid] for pid in chunk},
+                    extra if n == 0 else None,
+                ),
+            )
+
+    def _add_outcomes(
+        self,
+        run_ref: firestore.DocumentReference,
+        outcomes: Mapping[str, Counts],
+        extra: Counts | None,
+    ) -> None:
+        """One cycle: the patients without an outcome get one and add their counts."""
+        refs = {pid: run_ref.collection("outcomes").document(_doc_id(pid)) for pid in outcomes}
+        snapshots = self._get_all([run_ref, *refs.values()], "read run outcomes")
+        run_snapshot = snapshots[run_ref.path]
+        held = run_snapshot.to_dict()
+        if held is None:
+            return  # no such run (e.g. a replayed item whose run was pruned)
+        run = RunRecord.model_validate(_plain_datetimes(held))
+        if run.status == "finished":
+            return
+        now = datetime.now(UTC)
+        added = extra if extra is not None else Counts()
+        batch = self._client.batch()
+        for pid, ref in refs.items():
+            if snapshots[ref.path].exists:
+                continue  # the run counted this patient's first outcome already
+            batch.create(ref, {"patient_id": pid, "expires_at": now + _OUTCOME_TTL})
+            added = added.add(outcomes[pid])
+        if len(batch) == 0 and added == Counts():
+            return
+        run.counts = run.counts.add(added)
+        change: dict[str, Any] = {"counts": run.counts.model_dump(mode="json")}
+        if run.settle(now) and run.finished_at is not None:
+            change["status"] = run.status
+            change["finished_at"] = _to_firestore(run.finished_at)
+        batch.update(
+            run_ref,
+            change,
+            option=self._client.write_option(last_update_time=run_snapshot.update_time),
+        )
+        self._commit(
+            lambda: batch.commit(retry=self._retry, timeout=self._timeout), "add run outcomes"
+        )
+
     def list_runs(self, integration_id: str | None = None, limit: int = 20) -> list[RunRecord]:
         """Most recent first (by ``started_at``); all integrations when ``integration_id`` is
         None, through the ``{prefix}-runs`` collection-group index."""
@@ -455,6 +534,73 @@ class FirestoreStateStore:
             return True
 
         return self._until_unchanged("take lease", attempt)
+
+    def try_lease_many(self, names: Sequence[str], owner: str, ttl_seconds: float) -> set[str]:
+        """``try_lease`` for 500 names per read-check-write cycle (one atomic batch each)."""
+        unique = list(dict.fromkeys(names))
+        taken: set[str] = set()
+        for start in range(0, len(unique), _MAX_BATCH_WRITES):
+            chunk = unique[start : start + _MAX_BATCH_WRITES]
+            taken |= self._until_unchanged(
+                "take leases", partial(self._take_leases, chunk, owner, ttl_seconds)
+            )
+        return taken
+
+    def _take_leases(self, names: Sequence[str], owner: str, ttl_seconds: float) -> set[str]:
+        """One cycle: create the absent leases, update the expired and the owner's own."""
+        refs = {name: self._lease(name) for name in names}
+        snapshots = self._get_all(list(refs.values()), "read leases")
+        now = datetime.now(UTC)
+        batch = self._client.batch()
+        taken: set[str] = set()
+        for name, ref in refs.items():
+            snapshot = snapshots[ref.path]
+            held = snapshot.to_dict()
+            lease = {
+                "name": name,
+                "owner": owner,
+                "expires_at": now + timedelta(seconds=ttl_seconds),
+            }
+            if held is None:
+                batch.create(ref, lease)
+            elif held["owner"] == owner or _from_firestore(held["expires_at"]) <= now:
+                option = self._client.write_option(last_update_time=snapshot.update_time)
+                batch.update(ref, lease, option=option)
+            else:
+                continue  # another owner's live lease
+            taken.add(name)
+        if taken:
+            self._commit(
+                lambda: batch.commit(retry=self._retry, timeout=self._timeout), "take leases"
+            )
+        return taken
+
+    def release_lease_many(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """``release_lease`` for 500 names per read-check-delete cycle."""
+        owners: dict[str, set[str]] = {}
+        for name, owner in pairs:
+            owners.setdefault(name, set()).add(owner)
+        names = list(owners)
+        for start in range(0, len(names), _MAX_BATCH_WRITES):
+            chunk = {name: owners[name] for name in names[start : start + _MAX_BATCH_WRITES]}
+            self._until_unchanged("release leases", partial(self._release_leases, chunk))
+
+    def _release_leases(self, owners: Mapping[str, set[str]]) -> None:
+        """One cycle: delete each lease held by one of its given owners, as read."""
+        refs = {name: self._lease(name) for name in owners}
+        snapshots = self._get_all(list(refs.values()), "read leases")
+        batch = self._client.batch()
+        for name, ref in refs.items():
+            snapshot = snapshots[ref.path]
+            held = snapshot.to_dict()
+            if held is not None and held["owner"] in owners[name]:
+                option = self._client.write_option(last_update_time=snapshot.update_time)
+                batch.delete(ref, option=option)
+        if len(batch) == 0:
+            return
+        self._commit(
+            lambda: batch.commit(retry=self._retry, timeout=self._timeout), "release leases"
+        )
 
     def release_lease(self, name: str, owner: str) -> None:
         """Delete the lease if ``owner`` holds it (expired or not)."""

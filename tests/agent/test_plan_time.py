@@ -135,6 +135,36 @@ def test_run_context_at_a_fixed_time(instant, zone, expected):
     assert run["timezone"] == zone
 
 
+def test_the_run_context_is_shared_within_a_second_but_never_the_same_dict():
+    early = RunClock.at(at("2026-12-01T03:00:00.100000Z"), "America/New_York")
+    late = RunClock.at(at("2026-12-01T03:00:00.900000Z"), "America/New_York")
+    assert early.context() == late.context()
+    assert early.context()["local_time"] == "2026-11-30T22:00:00-05:00"
+    # the next second, and the same instant in another zone, are other contexts
+    assert RunClock.at(at("2026-12-01T03:00:01Z"), "America/New_York").context()["now"] == (
+        "2026-12-01T03:00:01Z"
+    )
+    assert RunClock.at(at("2026-12-01T03:00:00.100000Z")).context()["date"] == "2026-12-01"
+    handed_out = early.context()
+    handed_out["date"] = "changed by a caller"
+    assert late.context()["date"] == "2026-11-30"
+
+
+def test_has_it_happened_is_judged_at_the_exact_instant_not_the_second():
+    # one agent, two run times within the same second: each decides as of its own instant
+    # (the entry built as is: canonical entries carry whole seconds)
+    visit = {"id": "1", "date": "2026-12-01T12:00:00.500Z", "pm_status": "Occurred"}
+    agent = customer_plan()
+    data = {"id": "42", "active_tags": [], "appointments": [visit]}
+    same = entry([]).model_copy(update={"data": data})
+    before = agent.decide(INTEGRATION, same, None, as_of=at("2026-12-01T12:00:00.100000Z"))
+    after = agent.decide(INTEGRATION, same, None, as_of=at("2026-12-01T12:00:00.900000Z"))
+    assert values(before)["customer"] is False
+    assert values(after)["customer"] is True
+    again = agent.decide(INTEGRATION, same, None, as_of=at("2026-12-01T12:00:00.100000Z"))
+    assert again == before
+
+
 def test_a_run_time_must_be_aware_and_the_zone_known():
     with pytest.raises(ConfigurationError):
         RunClock.at(datetime(2026, 12, 1))  # noqa: DTZ001 - the point of the test

@@ -508,6 +508,51 @@ def test_exactly_one_of_eight_racing_owners_takes_the_lease(open_store, previous
 # --- Firestore's edge: vendor errors become engine errors ------------------------------------
 
 
+def test_many_leases_are_taken_when_free_expired_or_own_never_when_another_holds_them(store):
+    assert store.try_lease("patient:c:live", "b", 60)
+    assert store.try_lease("patient:c:expiring", "b", 0.3)
+    assert store.try_lease("patient:c:own", "a", 0.3)
+    time.sleep(0.4)
+    names = ["patient:c:free", "patient:c:live", "patient:c:expiring", "patient:c:own"]
+    taken = store.try_lease_many([*names, "patient:c:free"], "a", 60)  # a name twice: once
+    assert taken == {"patient:c:free", "patient:c:expiring", "patient:c:own"}
+    # what was taken is a's for the new ttl (the own lease renewed past its first 0.3 s) ...
+    time.sleep(0.4)
+    assert not store.try_lease_many(["patient:c:own", "patient:c:expiring"], "b", 60)
+    # ... and the live lease stayed b's
+    assert not store.try_lease("patient:c:live", "a", 60)
+    assert store.try_lease_many(["patient:c:live"], "b", 60) == {"patient:c:live"}
+    assert store.try_lease_many([], "a", 60) == set()
+
+
+def test_many_leases_are_released_only_by_their_owners(store):
+    assert store.try_lease_many(["p1", "p2", "p3"], "a", 60) == {"p1", "p2", "p3"}
+    assert store.try_lease("q1", "b", 60)
+    store.release_lease_many([("p1", "a"), ("p2", "b"), ("q1", "a"), ("never", "a")])
+    assert store.try_lease_many(["p1", "p2", "q1"], "c", 60) == {"p1"}  # p2 a's, q1 b's
+    store.release_lease_many([("p2", "a"), ("p3", "a"), ("q1", "b")])
+    assert store.try_lease_many(["p2", "p3", "q1"], "c", 60) == {"p2", "p3", "q1"}
+    store.release_lease_many([])
+
+
+def test_racing_owners_of_many_leases_never_share_one(open_store):
+    """Four owners (separate processes' stores) take overlapping batches of 600 names at
+    once (over one Firestore commit's 500): every name has exactly one owner."""
+    stores = [open_store() for _ in range(4)]
+    names = [f"patient:clinic-a:{n}" for n in range(600)]
+    batches = [names[i * 100 :] + names[: i * 100] for i in range(4)]  # other orders
+    with ThreadPoolExecutor(4) as pool:
+        taken = list(
+            pool.map(lambda i: stores[i].try_lease_many(batches[i], f"o{i}", 60), range(4))
+        )
+    assert sum(len(t) for t in taken) == len(names)
+    assert set().union(*taken) == set(names)
+    for i, held in enumerate(taken):  # and each owner holds what it was told it took
+        assert stores[0].try_lease_many(sorted(held), f"o{i}", 60) == held
+    stores[0].release_lease_many([(n, f"o{i}") for i, held in enumerate(taken) for n in held])
+    assert stores[1].try_lease_many(names, "next", 60) == set(names)
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -595,6 +640,44 @@ def firestore_pair(firestore_emulator):  # noqa: F811 (the fixture imported abov
     yield stores
     for s in stores:
         s.close()
+
+
+@pytest.mark.firestore
+@pytest.mark.usefixtures("firestore_emulator")
+def test_firestore_commits_of_many_leases_and_outcomes_stay_within_500_writes(monkeypatch):
+    """Firestore refuses a commit of more than 500 writes; the emulator does not, so the
+    writes of every batch are counted here."""
+    client = firestore.Client(project="healthie-sync-test")
+    sizes: list[int] = []
+    make_batch = client.batch
+
+    def counted_batch():
+        batch = make_batch()
+        commit = batch.commit
+
+        def counted_commit(*args, **kwargs):
+            sizes.append(len(batch))
+            return commit(*args, **kwargs)
+
+        monkeypatch.setattr(batch, "commit", counted_commit)
+        return batch
+
+    monkeypatch.setattr(client, "batch", counted_batch)
+    store = FirestoreStateStore(client, prefix=f"test-{uuid4().hex[:12]}", timeout=10)
+    try:
+        names = [f"patient:clinic-a:{n}" for n in range(1200)]
+        assert store.try_lease_many(names, "a", 60) == set(names)
+        store.release_lease_many([(n, "a") for n in names])
+        assert (max(sizes), sum(sizes)) == (500, 2400)
+        store.save_run(run("r1", status="published", patients=1200))
+        sizes.clear()
+        outcomes = dict.fromkeys(map(str, range(1200)), Counts(processed=1))
+        store.add_run_outcomes("clinic-a", "r1", outcomes)
+        assert (max(sizes), sum(sizes)) == (500, 1200 + len(sizes))  # + the run, each commit
+        (stored,) = store.list_runs("clinic-a")
+        assert (stored.status, stored.counts.processed) == ("finished", 1200)
+    finally:
+        store.close()
 
 
 @pytest.mark.firestore
@@ -713,6 +796,81 @@ def test_run_counts_add_up_from_several_writers(open_store):
     )
     assert stored.patients == 3
     assert [r.run_id for r in first.list_runs("clinic-a")] == ["r1"]
+
+
+def test_run_outcomes_count_each_patient_once_and_extra_always(open_store):
+    first, second = open_store(), open_store()
+    first.save_run(run("r1", status="published", patients=3))
+    first.add_run_outcomes(
+        "clinic-a",
+        "r1",
+        {"1": Counts(processed=1, writes=2), "2": Counts(skipped_unchanged=1)},
+        Counts(retried=1),
+    )
+    # patient 1 delivered again (another process, a redelivery after a crash): its first
+    # outcome stays; the retries are no outcomes and always add up
+    second.add_run_outcomes(
+        "clinic-a", "r1", {"1": Counts(dead_lettered=1, writes=9)}, Counts(retried=2)
+    )
+    second.add_run_outcomes("clinic-a", "missing-run", {"1": Counts(processed=1)})  # a no-op
+    (stored,) = first.list_runs("clinic-a")
+    assert stored.counts == Counts(processed=1, writes=2, skipped_unchanged=1, retried=3)
+    assert (stored.status, stored.in_flight) == ("published", 1)
+    assert [r.run_id for r in first.list_runs()] == ["r1"]
+
+
+def test_a_run_finishes_exactly_when_every_patient_has_an_outcome(store):
+    store.save_run(run("r1", status="published", patients=3))
+    for patient_id in ("1", "1", "2", "1"):  # three deliveries, two patients
+        store.add_run_outcomes("clinic-a", "r1", {patient_id: Counts(processed=1)})
+    (stored,) = store.list_runs("clinic-a")
+    assert (stored.status, stored.counts.processed, stored.in_flight) == ("published", 2, 1)
+    store.add_run_outcomes("clinic-a", "r1", {"2": Counts(waiting=1), "3": Counts(not_found=1)})
+    (finished,) = store.list_runs("clinic-a")
+    assert finished.status == "finished"
+    assert finished.finished_at is not None
+    assert finished.counts == Counts(processed=2, not_found=1)
+    # a finished run is final: a new patient, a duplicate and extra counts change nothing
+    store.add_run_outcomes(
+        "clinic-a", "r1", {"4": Counts(processed=1), "3": Counts(processed=1)}, Counts(retried=1)
+    )
+    store.save_run(run("r1", status="published", patients=3))
+    assert store.list_runs("clinic-a") == [finished]
+
+
+def test_run_outcomes_before_publishing_finish_the_run_when_it_is_published(store):
+    store.save_run(run("r1"))
+    store.add_run_outcomes("clinic-a", "r1", {"1": Counts(processed=1), "2": Counts(waiting=1)})
+    (stored,) = store.list_runs("clinic-a")
+    assert stored.status == "running"  # not finished before it is published
+    store.save_run(run("r1", status="published", patients=2, counts=Counts(dirty_patients=2)))
+    (published,) = store.list_runs("clinic-a")
+    assert published.status == "finished"
+    assert published.counts == Counts(dirty_patients=2, processed=1, waiting=1)
+
+
+def test_racing_writers_count_each_patients_outcome_once(open_store):
+    """Eight writers (separate processes' stores) report overlapping patients of one run at
+    once, 600 per call (over one Firestore commit's 500 writes)."""
+    stores = [open_store() for _ in range(8)]
+    stores[0].save_run(run("r1", status="published", patients=1000))
+    patients = [str(n) for n in range(1000)]
+
+    def report(i: int) -> None:
+        share = patients[i * 50 : i * 50 + 600]  # each overlaps the next seven
+        stores[i].add_run_outcomes(
+            "clinic-a", "r1", dict.fromkeys(share, Counts(processed=1, writes=1)), Counts(retried=1)
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(report, range(8)))
+    reported = len(set().union(*(patients[i * 50 : i * 50 + 600] for i in range(8))))
+    (stored,) = stores[0].list_runs("clinic-a")
+    assert stored.counts == Counts(processed=reported, writes=reported, retried=8)
+    assert stored.status == "published"
+    stores[1].add_run_outcomes("clinic-a", "r1", dict.fromkeys(patients, Counts(processed=1)))
+    (finished,) = stores[0].list_runs("clinic-a")
+    assert (finished.status, finished.counts.processed) == ("finished", 1000)
 
 
 def test_the_appointment_index_answers_who_held_an_appointment(open_store):

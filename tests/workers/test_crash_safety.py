@@ -54,14 +54,16 @@ PATIENTS = 12
 BATCH = 4
 CHUNK = 5
 #: (crash point, the arrival that dies); with 12 patients in batches of 4 and chunks of 5,
-#: each lands in the second batch or chunk, with nothing of that batch settled, except
-#: consumer.settling:6: batch 2's second item, the first already acknowledged
+#: each lands in the second batch or chunk, with nothing of that batch settled
+#: (consumer.settling: batch 2's run outcomes stored, none of its acks sent; consumer.settled:
+#: batch 2 acknowledged, its leases not yet released)
 CRASHES = [
     ("pipeline.fetched", 2),
     ("pipeline.decided", 2),
     ("pipeline.written", 2),
     ("pipeline.recorded", 2),
-    ("consumer.settling", 6),
+    ("consumer.settling", 2),
+    ("consumer.settled", 2),
     ("flush.staged", 2),
     ("flush.published", 2),
 ]
