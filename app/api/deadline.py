@@ -51,10 +51,18 @@ def unavailable(retry_after: float | None = None) -> HTTPException:
     )
 
 
-async def within(call: Callable[[], T], what: str, seconds: float | None = None) -> T:
+async def within(
+    call: Callable[[], T],
+    what: str,
+    seconds: float | None = None,
+    *,
+    started: threading.Event | None = None,
+) -> T:
     """``call()`` in a thread, its result if it returns within ``seconds`` (default
     :data:`ANSWER_WITHIN_SECONDS`); otherwise (or on StoreUnavailable / QueueUnavailable)
-    raises the 503 of :func:`unavailable`. Other exceptions propagate unchanged."""
+    raises the 503 of :func:`unavailable`. Other exceptions propagate unchanged. With
+    ``started``, the deadline is for the call to set it (e.g. a flush that took its lease:
+    the store answered); once set, the call's own length is not a failure and is awaited."""
     global _overdue
     with _overdue_lock:
         if _overdue >= MAX_OVERDUE:
@@ -95,6 +103,8 @@ async def within(call: Callable[[], T], what: str, seconds: float | None = None)
         try:
             return await asyncio.wait_for(asyncio.shield(future), limit)
         except TimeoutError:
+            if started is not None and started.is_set():
+                return await future  # under way: the store answered, the work is just long
             with _overdue_lock:
                 if not state["finished"]:
                     state["late"] = True

@@ -3,13 +3,17 @@ flush. Guarded by :class:`app.api.auth.OperatorAuthorizer` (checked before the c
 query is parsed: ``app.api.bodies``).
 
 Answers: 200 with the flush's counts; 409 while another flush of the cadence runs; 503 with
-Retry-After when the state store or queue is locked, full or unreachable, or the flush has not
-finished within ``app.api.deadline.ANSWER_WITHIN_SECONDS``. After a 503 a flush that was
-already under way goes on in its thread: it holds the cadence's lease (a retry gets 409 until
-it ends), releases it itself, and its outcome is logged and recorded in its runs.
+Retry-After when the state store or queue is locked, full or unreachable: the flush has not
+taken its cadence's lease within ``app.api.deadline.ANSWER_WITHIN_SECONDS``. A flush that took
+its lease is awaited however long it runs (a big backlog is not a failure). After a 503 a flush
+still waiting for the store goes on in its thread: once it gets the lease it holds it (a retry
+gets 409 until it ends), releases it itself, and its outcome is logged and recorded in its
+runs.
 """
 
 from __future__ import annotations
+
+import threading
 
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel
@@ -37,9 +41,12 @@ def build_router(runtime: Runtime, authorizer: OperatorAuthorizer) -> APIRouter:
 
     @router.post("/flush/{cadence}")
     async def flush_cadence(cadence: Cadence, stage_only: bool = False) -> FlushStarted:
+        leased = threading.Event()
         try:
             result = await within(
-                lambda: flush(runtime, cadence, stage_only=stage_only), f"flush {cadence.value}"
+                lambda: flush(runtime, cadence, stage_only=stage_only, on_lease=leased.set),
+                f"flush {cadence.value}",
+                started=leased,
             )
         except FlushInProgress:
             raise HTTPException(409, f"a {cadence.value} flush is already running") from None
