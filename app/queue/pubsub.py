@@ -50,7 +50,6 @@ import math
 import re
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any
 
@@ -253,7 +252,11 @@ class PubSubQueue:
     def publish_many(
         self, topic: str, messages: Sequence[tuple[bytes, Mapping[str, str]]]
     ) -> list[str]:
-        """Publish all messages (batched by the client) and wait for every confirmation."""
+        """Publish all messages and wait for every confirmation: one Publish RPC per page of
+        at most 1,000 messages and 9 MB (Pub/Sub's limits are 1,000 and 10 MB per request).
+        The batching client is bypassed on purpose: it costs ~130 us of CPU per message and
+        waits up to its batch latency before sending, which a webhook's answer would wait
+        for, while the pages here are already batches."""
         self._check_open()
         deadline = time.monotonic() + self._publish_timeout
         path = self._topic(topic)
@@ -264,19 +267,25 @@ class PubSubQueue:
                     f"attribute names {sorted(reserved)} clash with the Pub/Sub client's"
                     " publish() parameters"
                 )
-        futures: list[Future[str]] = []
+        ids: list[str] = []
         try:
-            for data, attributes in messages:
-                futures.append(
-                    self._publisher.publish(
-                        path,
-                        bytes(data),
-                        retry=self._retry,
-                        timeout=self._publish_timeout,
-                        **attributes,
+            for page in _pages(messages):
+                # a page that starts past the deadline gets a token second: the RPC's own
+                # DeadlineExceeded then says it was not confirmed
+                left = max(0.001, deadline - time.monotonic())
+                request = types.PublishRequest.wrap(
+                    _PUBLISH_REQUEST(
+                        topic=path,
+                        messages=[
+                            _PUBSUB_MESSAGE(data=bytes(data), attributes=dict(attributes))
+                            for data, attributes in page
+                        ],
                     )
                 )
-            return [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures]
+                reply = self._publisher.api.publish(
+                    request=request, retry=self._retry, timeout=left
+                )
+                ids.extend(reply.message_ids)
         except gexc.NotFound as exc:
             raise ConfigurationError(f"topic {topic!r} does not exist") from exc
         except _CONFIGURATION as exc:
@@ -287,6 +296,7 @@ class PubSubQueue:
             raise QueueUnavailable(
                 f"publish to {topic!r} not confirmed within {self._publish_timeout} s"
             ) from exc
+        return ids
 
     # -- consuming --------------------------------------------------------------------------
     def pull(self, subscription: str, max_messages: int = 100) -> list[Message]:
@@ -401,3 +411,29 @@ class PubSubQueue:
             self._publisher.transport.close()
         if self._owns_subscriber:
             self._subscriber.close()
+
+
+#: the protobuf classes behind the Publish RPC (built directly: proto-plus wrapping per
+#: message costs more than the publish itself)
+_PUBLISH_REQUEST = types.PublishRequest.pb()
+_PUBSUB_MESSAGE = types.PubsubMessage.pb()
+#: Pub/Sub's limits per Publish request are 1,000 messages and 10 MB; a margin for framing
+_PAGE_MESSAGES = 1_000
+_PAGE_BYTES = 9_000_000
+
+
+def _pages(
+    messages: Sequence[tuple[bytes, Mapping[str, str]]],
+) -> list[Sequence[tuple[bytes, Mapping[str, str]]]]:
+    """``messages`` cut into Publish requests within Pub/Sub's per-request limits."""
+    pages: list[Sequence[tuple[bytes, Mapping[str, str]]]] = []
+    start, size = 0, 0
+    for n, (data, attributes) in enumerate(messages):
+        cost = len(data) + sum(len(k) + len(v) for k, v in attributes.items()) + 16
+        if n > start and (n - start >= _PAGE_MESSAGES or size + cost > _PAGE_BYTES):
+            pages.append(messages[start:n])
+            start, size = n, 0
+        size += cost
+    if start < len(messages):
+        pages.append(messages[start:])
+    return pages

@@ -574,3 +574,17 @@ def test_sqlite_locked_database_is_queue_unavailable_after_the_busy_timeout(tmp_
     q.ack("s", [m.ack_id])  # the lock gone, the queue works again
     assert q.depth("s") == 0
     q.close()
+
+
+def test_pubsub_publishes_in_pages_within_the_request_limits():
+    # Pub/Sub refuses a Publish request over 1,000 messages or 10 MB: pages stay under both
+    # and keep every message, in order
+    from app.queue import pubsub
+
+    small = [(b"x", {"k": "v"})] * 2_500
+    assert [len(p) for p in pubsub._pages(small)] == [1_000, 1_000, 500]
+    big = [(b"y" * 1_000_000, {})] * 20
+    pages = pubsub._pages(big)
+    assert all(sum(len(d) for d, _ in p) <= pubsub._PAGE_BYTES for p in pages)
+    assert [m for p in pages for m in p] == big
+    assert pubsub._pages([]) == []
