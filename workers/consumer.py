@@ -86,7 +86,6 @@ from app.core.errors import (
     ConfigurationError,
     FatalError,
     HealthieSyncError,
-    PlanValidationError,
     SkippableError,
 )
 from app.core.models import Counts, WorkItem
@@ -430,9 +429,9 @@ class Consumer:
                 )
         elif settlement.action == "dead_letter":
             data = None
-            if outcome.plan is not None and not isinstance(outcome.error, PlanValidationError):
-                # Keep the computed plan so a replay need not ask the agent again (a plan the
-                # validator refused is of no use to a replay, and is not kept).
+            if outcome.plan is not None:
+                # Keep the computed plan so a replay need not ask the agent again (also a plan
+                # the validator refused: a fixed target declaration may accept it on replay).
                 data = (
                     item.model_copy(
                         update={"plan": outcome.plan, "plan_entry_hash": outcome.entry_hash}

@@ -23,7 +23,7 @@ when a failed request failed the one caller's whole fetch).
 
 A call sends its requests in parallel, at most ``workers`` of its own and ``max_in_flight`` of
 all callers' at once (one worker thread's pulled batch of 100 is five requests: one round
-trip, not five). The requests go from a pool owned by the coalescer, but a call's last request
+trip, not five). The requests go from daemon threads of their own, but a call's last request
 goes from the caller's own thread (a one-request fetch never changes threads). Pacing is the
 sender's business (``send`` goes through the key's guard and token bucket), so parallel
 requests are still paced and still learn the upstream's limit.
@@ -34,7 +34,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 Raw = dict[str, Any] | None
@@ -88,7 +87,6 @@ class FetchCoalescer:
         self._cond = threading.Condition()
         self._pending: dict[str, None] = {}  # ids not yet sent, oldest first
         self._slots: dict[str, _Slot] = {}  # ids pending or in flight
-        self._pool: ThreadPoolExecutor | None = None
         self.requests = 0
         self.in_flight = 0
         self.peak_in_flight = 0
@@ -121,24 +119,16 @@ class FetchCoalescer:
                 self._run(last, call)
 
     def close(self) -> None:
-        """Stop the pool's threads once their requests are done (a later fetch starts a new
-        pool)."""
-        with self._cond:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
+        """Nothing to stop: each request runs on a daemon thread of its own that ends with its
+        answer (no pool whose threads the interpreter would join at exit: a process stopping
+        within its grace period must not wait out a slow Healthie request)."""
 
     def _dispatch(self, chunk: list[str], call: _Call) -> None:
-        """Send ``chunk`` from the pool. The pool has ``max_in_flight`` threads, which ``_next``
-        never exceeds, so a request starts at once (none waits in a queue holding ids)."""
-        with self._cond:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="healthie")
-            pool = self._pool
-        try:
-            pool.submit(self._run, chunk, call)
-        except RuntimeError:  # closed meanwhile: the ids are taken, so send them here
-            self._run(chunk, call)
+        """Send ``chunk`` from a thread of its own; ``_next`` never lets more than
+        ``max_in_flight`` run, so a request starts at once (none waits holding ids)."""
+        threading.Thread(
+            target=self._run, args=(chunk, call), name="healthie-fetch", daemon=True
+        ).start()
 
     def _register(self, pid: str) -> _Slot:
         slot = self._slots.get(pid)

@@ -166,7 +166,7 @@ def wal_files(data_dir: Path) -> list[str]:
 
 @pytest.fixture
 def sandbox():
-    sb = Sandbox(patients=60, seed=11)
+    sb = Sandbox(patients=160, seed=11)
     app = Started(sandbox_app(sb))
     with serve_in_thread(app) as url:
         yield sb, app, f"{url}/graphql"
