@@ -73,9 +73,9 @@ def test_a_declaration_changed_in_place_is_checked_again():
     tables = {"patients": {"email": "text", "dob": "date"}}
     target = schema(tables=tables)
     target.validate("upsert_row", upsert({"dob": "1980-02-03"}), "42")
-    del target.options.tables["patients"]["dob"]  # type: ignore[index]
+    del target.options.tables["patients"]["dob"]
     assert "column not declared" in refused(target, {"dob": "1980-02-03"})
-    target.options.tables["patients"]["dob"] = "boolean"  # type: ignore[index]
+    target.options.tables["patients"]["dob"] = "boolean"
     assert "a str is not a boolean" in refused(target, {"dob": "1980-02-03"})
 
 

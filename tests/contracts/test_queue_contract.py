@@ -583,7 +583,7 @@ def test_pubsub_publishes_in_pages_within_the_request_limits():
 
     small = [(b"x", {"k": "v"})] * 2_500
     assert [len(p) for p in pubsub._pages(small)] == [1_000, 1_000, 500]
-    big = [(b"y" * 1_000_000, {})] * 20
+    big: list[tuple[bytes, dict[str, str]]] = [(b"y" * 1_000_000, {})] * 20
     pages = pubsub._pages(big)
     assert all(sum(len(d) for d, _ in p) <= pubsub._PAGE_BYTES for p in pages)
     assert [m for p in pages for m in p] == big

@@ -278,7 +278,7 @@ options = {{ path = "{path}" }}
 
     def audit(self) -> list[AuditRecord]:
         """Every audit record of the integration (both stores list them; not in the protocol)."""
-        records: list[AuditRecord] = self.state.list_audit(INTEGRATION)  # type: ignore[attr-defined]
+        records: list[AuditRecord] = self.state.list_audit(INTEGRATION)
         return records
 
     def runs(self) -> list[RunRecord]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import UTC, datetime
 
 import httpx2
 import pytest
@@ -168,7 +169,7 @@ def test_requests_per_entry_stay_under_the_target_with_any_number_of_threads(tmp
     rt.integrations["demo-clinic"] = demo.model_copy(
         update={"healthie": demo.healthie.model_copy(update={"batch_size": PER_REQUEST})}
     )
-    rt.queue = Trickling(rt.queue, per_pull=7)  # type: ignore[assignment]
+    rt.queue = Trickling(rt.queue, per_pull=7)
     rt.queue.publish_many(
         WORK_TOPIC,
         [
@@ -177,7 +178,7 @@ def test_requests_per_entry_stay_under_the_target_with_any_number_of_threads(tmp
                     integration_id="demo-clinic",
                     patient_id=str(p),
                     flush_id="f",
-                    dirty_since="2026-11-01T00:00:00Z",
+                    dirty_since=datetime(2026, 11, 1, tzinfo=UTC),
                 )
                 .model_dump_json()
                 .encode(),

@@ -154,7 +154,7 @@ def test_a_flush_that_lost_its_lease_stops_before_publishing(runtime, monkeypatc
 
     def slow_stage(*args: object) -> None:
         time.sleep(LEASE + 0.5)  # past several beats, and past a whole horizon
-        stage(*args)  # type: ignore[arg-type]
+        stage(*args)
 
     monkeypatch.setattr(state, "try_lease", try_lease)
     monkeypatch.setattr(state, "add_pending", slow_stage)
@@ -178,7 +178,7 @@ def test_a_flush_running_past_its_lease_horizon_keeps_the_cadence(runtime, monke
     def slow_stage(*args: object) -> None:
         staging.set()
         time.sleep(2.5 * LEASE)
-        stage(*args)  # type: ignore[arg-type]
+        stage(*args)
 
     def other_flush() -> None:
         staging.wait(10)

@@ -112,13 +112,13 @@ def _work_then_hang(data: str, ready: Any) -> None:
         return held
 
     take_one = state.try_lease
-    state.try_lease = lambda name, owner, ttl: slowly(  # type: ignore[method-assign]
-        [name], lambda: take_one(name, owner, ttl)
+    state.try_lease = lambda name, owner, ttl_seconds: slowly(  # type: ignore[method-assign]
+        [name], lambda: take_one(name, owner, ttl_seconds)
     )
     take_many = getattr(state, "try_lease_many", None)
     if take_many is not None:  # the middleware leases a batch's patients in one call
-        state.try_lease_many = lambda names, owner, ttl: slowly(  # type: ignore[attr-defined]
-            list(names), lambda: take_many(names, owner, ttl)
+        state.try_lease_many = lambda names, owner, ttl_seconds: slowly(  # type: ignore[method-assign]
+            list(names), lambda: take_many(names, owner, ttl_seconds)
         )
     warehouse = cast(MemoryConnector, runtime.connectors("demo-clinic")["warehouse"])
     warehouse.execute_batch = _block(threading.Event())  # type: ignore[method-assign]
@@ -308,7 +308,7 @@ def test_a_flush_failing_mid_staging_gives_its_marks_back_at_once(tmp_path):
     def refuse(*_: object) -> None:
         raise StoreUnavailable("state store is locked")
 
-    runtime.state.add_pending = refuse  # type: ignore[method-assign]
+    runtime.state.add_pending = refuse  # type: ignore[method-assign,assignment]
     try:
         with pytest.raises(StoreUnavailable):
             flush(runtime, Cadence.DAILY)
