@@ -308,13 +308,7 @@ class Consumer:
                 for mw in self.middleware:
                     mw.after_item(Outcome(d.item, "failed"), action, "patient_busy")
                 actions.append((d, action))
-            stored = True
-            try:
-                for mw in self.middleware:
-                    mw.before_settle()
-            except Exception as exc:  # noqa: BLE001 - then they come back instead of waiting
-                log.warning("run outcomes not stored (%s)", type(exc).__name__)
-                stored = False
+            stored = self._store_outcomes(len(actions))
         for d, action in actions:
             if action == "wait" and stored:
                 self.queue.ack(WORK_SUBSCRIPTION, [d.message.ack_id])
@@ -384,15 +378,7 @@ class Consumer:
         ack call for the wave's acks, a nack or dead letter per item. When the store refuses,
         nothing is acked: the wave comes back (its outcomes are kept for the next attempt and
         count once). Call with ``_settling`` held."""
-        try:
-            for mw in self.middleware:
-                mw.before_settle()
-        except Exception as exc:  # noqa: BLE001 - the items come back; nothing is lost
-            log.warning(
-                "run outcomes not stored (%s); %d work items handed back",
-                type(exc).__name__,
-                len(wave),
-            )
+        if not self._store_outcomes(len(wave)):
             with keeper.lock:
                 for delivery, _, _ in wave:
                     keeper.settled(delivery.message.ack_id)
@@ -413,6 +399,21 @@ class Consumer:
             self.queue.ack(WORK_SUBSCRIPTION, acks)
         faults.point("consumer.settled")
         return total
+
+    def _store_outcomes(self, items: int) -> bool:
+        """Every middleware's ``before_settle`` (the run outcomes stored); False when the store
+        refused: the caller then acks nothing and the items come back (nothing is lost)."""
+        try:
+            for mw in self.middleware:
+                mw.before_settle()
+        except Exception as exc:  # noqa: BLE001 - the items come back; nothing is lost
+            log.warning(
+                "run outcomes not stored (%s); %d work items handed back",
+                type(exc).__name__,
+                items,
+            )
+            return False
+        return True
 
     def _queue_action(
         self, delivery: Delivery, outcome: Outcome, settlement: Settlement, acks: list[str]
